@@ -1,0 +1,41 @@
+# One-command set-up: every target below creates .venv (if needed) and installs into it.
+# torch goes in first, pinned to the CPU wheel this machine serves; the project's own
+# `torch>=2.2` range is then already satisfied, so pip never pulls a multi-GB CUDA build.
+# Override for a GPU machine, e.g.: make test TORCH_SPEC="torch==2.5.1"
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bora-ref-installed
+EXTRAS := dev,peft,models,notebooks,docs
+
+.PHONY: setup report test docs serve-docs bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: rank/parameter report on real layer shapes.
+report: $(STAMP)
+	$(BIN)/bora-ref report
+
+## The test suite (unit + property tests, notebooks, docs build).
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+serve-docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) site bora-report .pytest_cache .hypothesis

@@ -1,0 +1,227 @@
+"""Put BoRA adapters into an existing torch model, and get/set only the adapter weights.
+
+``apply_bora`` matches module names like PEFT's ``target_modules``: a list of names matches a
+module whose qualified name equals an entry or ends with ``"." + entry``; a single string is a
+regular expression that must match the whole qualified name (``re.fullmatch``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._validation import BoRAValueError
+from .layer import BoRALinear
+
+__all__ = [
+    "ADAPTER_PARAM_NAMES",
+    "apply_bora",
+    "bora_layers",
+    "adapter_state_dict",
+    "load_adapter_state_dict",
+    "merge_bora",
+    "unmerge_bora",
+    "merge_and_unload",
+]
+
+ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "sigma")
+"""Names of a :class:`BoRALinear`'s trainable parameters."""
+
+
+def _matcher(target_modules: Any) -> Any:
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise BoRAValueError(f"target_modules={target_modules!r} is not a valid regular expression: {exc}") from None
+        return lambda name: pattern.fullmatch(name) is not None
+    if isinstance(target_modules, Iterable):
+        targets = list(target_modules)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise BoRAValueError(
+                f"target_modules must be a regex string or a non-empty list of non-empty module names, got {target_modules!r}"
+            )
+        return lambda name: any(name == t or name.endswith("." + t) for t in targets)
+    raise BoRAValueError(f"target_modules must be a regex string or a list of module names, got {type(target_modules).__name__}")
+
+
+def _find_targets(model: nn.Module, target_modules: Any) -> list[str]:
+    matches = _matcher(target_modules)
+    found = []
+    for name, module in model.named_modules():
+        if not name or not matches(name):
+            continue
+        if isinstance(module, BoRALinear):
+            raise BoRAValueError(f"target_modules={target_modules!r} matches {name!r}, which already is a BoRALinear")
+        if type(module) is not nn.Linear:
+            raise BoRAValueError(
+                f"target_modules={target_modules!r} matches {name!r}, a {type(module).__name__}; only torch.nn.Linear can be adapted"
+            )
+        found.append(name)
+    if not found:
+        raise BoRAValueError(f"target_modules={target_modules!r} matches no module of the model")
+    # A Linear inside another matched Linear is impossible (Linear has no children); keep order.
+    return found
+
+
+def apply_bora(
+    model: nn.Module,
+    *,
+    target_modules: str | Iterable[str],
+    r: int,
+    b: int,
+    alpha: float | None = None,
+    **layer_kwargs: Any,
+) -> nn.Module:
+    """Replace matching ``nn.Linear`` modules of ``model`` in place by :class:`BoRALinear`.
+
+    Every parameter that is not an adapter parameter (``lora_A``, ``lora_B``, ``sigma``) is
+    frozen. The check runs on every target before anything changes: on error the model is
+    exactly as before.
+
+    Args:
+        model: any ``nn.Module``.
+        target_modules: list of names (exact or suffix after a ``.``), or a regex string that must
+            match the whole qualified module name (PEFT's convention).
+        r, b, alpha: passed to every :meth:`BoRALinear.from_linear`.
+        **layer_kwargs: ``rslora``, ``sigma_param``, ``dropout``, ``adapter_dtype``, passed through.
+
+    Returns:
+        ``model`` itself, modified.
+
+    Raises:
+        ValueError: ``model`` is not an ``nn.Module``; ``target_modules`` matches nothing, or a
+            module that is not a plain ``nn.Linear``; or a layer argument is invalid for some target
+            (``b`` larger than its ``min(m, n)``, ...).
+    """
+    if not isinstance(model, nn.Module):
+        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = _find_targets(model, target_modules)
+    allowed = {"rslora", "sigma_param", "dropout", "adapter_dtype"}
+    unknown = set(layer_kwargs) - allowed
+    if unknown:
+        raise BoRAValueError(f"apply_bora got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+    # Validate every target first (pure checks), so a failure leaves the model untouched.
+    for name in names:
+        linear = model.get_submodule(name)
+        try:
+            BoRALinear._check_config(
+                linear.out_features, linear.in_features, r, b, alpha, layer_kwargs.get("rslora", False),
+                layer_kwargs.get("sigma_param", "exp_norm"), layer_kwargs.get("dropout", 0.0),
+            )
+        except BoRAValueError as exc:
+            raise BoRAValueError(f"cannot adapt {name!r} ({linear.out_features}x{linear.in_features}): {exc}") from None
+    adapter_dtype = layer_kwargs.get("adapter_dtype")
+    if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype) and adapter_dtype.is_floating_point):
+        raise BoRAValueError(f"adapter_dtype must be a floating torch.dtype, got {adapter_dtype!r}")
+
+    new_layers = {name: BoRALinear.from_linear(model.get_submodule(name), r, b, alpha=alpha, **layer_kwargs) for name in names}
+    for name, layer in new_layers.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+
+    adapter_ids = {id(p) for layer in bora_layers(model) for _, p in _adapter_params(layer)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in adapter_ids)
+    return model
+
+
+def bora_layers(model: nn.Module) -> Iterator[BoRALinear]:
+    """All :class:`BoRALinear` modules of ``model``, in ``named_modules`` order."""
+    for module in model.modules():
+        if isinstance(module, BoRALinear):
+            yield module
+
+
+def _adapter_params(layer: BoRALinear) -> list[tuple[str, nn.Parameter]]:
+    return [(name, getattr(layer, name)) for name in ADAPTER_PARAM_NAMES]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors, keyed ``"<module>.lora_A"``, ``"<module>.lora_B"``, ``"<module>.sigma"``.
+
+    Tensors are detached (they share storage with the parameters; clone to keep a snapshot).
+    """
+    state = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BoRALinear):
+            for pname, p in _adapter_params(module):
+                state[f"{name}.{pname}" if name else pname] = p.detach()
+    return state
+
+
+def load_adapter_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into ``model``'s BoRA layers; all-or-nothing.
+
+    Keys, shapes and dtypes must match :func:`adapter_state_dict` exactly (no missing, no
+    extra keys); every check runs before the first copy, so on error the model is unchanged.
+
+    Raises:
+        ValueError: the model has no BoRA layer; missing or unexpected keys; a value that is not
+            a tensor or has the wrong shape or dtype; non-finite values.
+    """
+    current = adapter_state_dict(model)
+    if not current:
+        raise BoRAValueError("model has no BoRALinear layers; call apply_bora first")
+    missing = sorted(set(current) - set(state_dict))
+    extra = sorted(set(state_dict) - set(current))
+    if missing or extra:
+        raise BoRAValueError(f"state_dict keys do not match the model's adapters: missing {missing}, unexpected {extra}")
+    for key, target in current.items():
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            raise BoRAValueError(f"state_dict[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if value.shape != target.shape:
+            raise BoRAValueError(f"state_dict[{key!r}] has shape {tuple(value.shape)}, the model needs {tuple(target.shape)}")
+        if value.dtype != target.dtype:
+            raise BoRAValueError(f"state_dict[{key!r}] has dtype {value.dtype}, the model needs {target.dtype}")
+        if not bool(torch.isfinite(value).all()):
+            raise BoRAValueError(f"state_dict[{key!r}] contains NaN or infinity")
+    merged = [n for n, m in model.named_modules() if isinstance(m, BoRALinear) and m.merged]
+    if merged:
+        raise BoRAValueError(f"cannot load adapters into merged layers {merged}; unmerge first")
+    with torch.no_grad():
+        for key, target in current.items():
+            target.copy_(state_dict[key])
+
+
+def merge_bora(model: nn.Module, safe: bool = False) -> nn.Module:
+    """Merge every BoRA layer of ``model`` (see :meth:`BoRALinear.merge`); returns ``model``.
+
+    With ``safe=True`` all merged weights are computed and checked first; a non-finite one
+    raises before any layer is merged.
+    """
+    layers = [layer for layer in bora_layers(model) if not layer.merged]
+    if safe:
+        with torch.no_grad():
+            for layer in layers:
+                w = layer.base.weight
+                if not bool(torch.isfinite(w + layer.delta_weight().to(w.dtype)).all()):
+                    raise BoRAValueError(f"merge_bora(safe=True): merging {layer!r} gives NaN or infinity; nothing merged")
+    for layer in layers:
+        layer.merge()
+    return model
+
+
+def unmerge_bora(model: nn.Module) -> nn.Module:
+    """Unmerge every merged BoRA layer of ``model``; returns ``model``."""
+    for layer in bora_layers(model):
+        if layer.merged:
+            layer.unmerge()
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every BoRA layer and replace it by its (now updated) base ``nn.Linear``; returns ``model``."""
+    merge_bora(model)
+    names = [name for name, m in model.named_modules() if isinstance(m, BoRALinear)]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, getattr(parent, child).base)
+    return model

@@ -1,0 +1,266 @@
+"""``BoRALinear``: a frozen ``nn.Linear`` plus a trainable BoRA update.
+
+$$y = x W^T + \\text{bias} + s \\cdot x \\, \\Delta W^T, \\qquad
+\\Delta W_{[i,j]} = B_i \\, \\mathrm{diag}(\\Sigma_{ij}) \\, A_j$$
+
+with $s = \\alpha / r$ (or $\\alpha / \\sqrt{r}$ with ``rslora=True``). Paper: *BoRA:
+Block-Diversified Low-Rank Adaptation* (Σ = exp(σ / mean|σ|)).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import torch_ref
+from ._validation import (
+    BoRAValueError,
+    check_b,
+    check_choice,
+    check_int,
+    check_positive_float,
+    check_probability,
+)
+
+__all__ = ["BoRALinear", "SIGMA_PARAMS"]
+
+SIGMA_PARAMS = ("exp_norm", "raw")
+"""The two Σ parameterisations: the paper's ``exp(σ / mean|σ|)`` and the plain ``σ``."""
+
+
+def _init_lora_A_(A: torch.Tensor) -> None:
+    """PEFT's default LoRA init: Kaiming-uniform with ``a = sqrt(5)`` (bound ``1 / sqrt(n)``)."""
+    nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+
+
+def _init_sigma_(sigma: torch.Tensor, sigma_param: str, fan_in: int) -> None:
+    """``exp_norm``: uniform like ``lora_A`` (the paper); ``raw``: ones, so step 0 is exactly LoRA."""
+    with torch.no_grad():
+        if sigma_param == "raw":
+            sigma.fill_(1.0)
+        else:
+            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) with lora_A's fan-in
+            sigma.uniform_(-bound, bound)
+
+
+def _default_adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    # Like PEFT's get_peft_model(autocast_adapter_dtype=True): 16-bit bases get float32 adapters.
+    return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
+
+
+class BoRALinear(nn.Module):
+    """A frozen linear layer with a BoRA adapter (Block-Diversified Low-Rank Adaptation).
+
+    $$y = \\text{base}(x) + s \\cdot x \\, \\Delta W^T, \\qquad
+    \\Delta W_{[i,j]} = B_i \\, \\mathrm{diag}(\\Sigma_{ij}) \\, A_j, \\quad i, j = 1..b$$
+
+    ``lora_B (m, r)`` is split into ``b`` row blocks and ``lora_A (r, n)`` into ``b`` column
+    blocks (``numpy.array_split`` sizes); every block product gets its own diagonal
+    ``Σ_ij = effective_sigma()[i, j]``. ``sigma_param`` chooses how the raw parameter
+    ``sigma (b, b, r)`` becomes Σ:
+
+    - ``"exp_norm"`` (default, the paper's): ``Σ = exp(σ / mean|σ|)``, σ initialised like
+      ``lora_A``; ``σ = 0`` gives ``Σ = 1`` exactly.
+    - ``"raw"``: ``Σ = σ``, initialised to ones (step 0 is exactly LoRA).
+
+    ``lora_B`` starts at zero, so the layer equals its base layer at initialisation.
+
+    Precision: adapter parameters live in ``adapter_dtype`` (default: the base dtype, except
+    float32 for float16/bfloat16 bases, as PEFT's ``autocast_adapter_dtype``); the adapter input
+    is cast to it and the adapter output back to the base output's dtype.
+
+    Args:
+        in_features: ``n``.
+        out_features: ``m``.
+        r: rank of each block product, ``>= 1``.
+        b: number of blocks per side, ``1 <= b <= min(m, n)``.
+        alpha: scaling numerator (default ``r``, i.e. ``scaling = 1``).
+        rslora: use ``alpha / sqrt(r)`` instead of ``alpha / r``.
+        sigma_param: ``"exp_norm"`` or ``"raw"``.
+        bias: whether the base layer has a bias.
+        dropout: dropout probability on the adapter input, in ``[0, 1)``.
+        device, dtype: of the base layer.
+        adapter_dtype: dtype of ``lora_A``, ``lora_B``, ``sigma`` (see Precision).
+
+    Raises:
+        ValueError: for any invalid argument (the message names it).
+
+    Example:
+        >>> layer = BoRALinear(64, 32, r=4, b=4)
+        >>> layer(torch.randn(2, 10, 64)).shape
+        torch.Size([2, 10, 32])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        r: int,
+        b: int,
+        *,
+        alpha: float | None = None,
+        rslora: bool = False,
+        sigma_param: str = "exp_norm",
+        bias: bool = True,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        adapter_dtype: torch.dtype | None = None,
+    ) -> None:
+        in_features = check_int("in_features", in_features, minimum=1)
+        out_features = check_int("out_features", out_features, minimum=1)
+        config = self._check_config(out_features, in_features, r, b, alpha, rslora, sigma_param, dropout)
+        super().__init__()
+        base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._setup(base, config, adapter_dtype)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int, b: int, **kwargs: Any) -> BoRALinear:
+        """Wrap an existing ``nn.Linear``: its weight and bias are shared (not copied) and frozen.
+
+        Args:
+            linear: the layer to adapt; becomes ``self.base``.
+            r, b: as in the constructor.
+            **kwargs: ``alpha``, ``rslora``, ``sigma_param``, ``dropout``, ``adapter_dtype``.
+
+        Raises:
+            ValueError: if ``linear`` is not an ``nn.Linear`` or any argument is invalid
+                (``linear`` is left untouched then).
+        """
+        if not isinstance(linear, nn.Linear):
+            raise BoRAValueError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        allowed = {"alpha", "rslora", "sigma_param", "dropout", "adapter_dtype"}
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise BoRAValueError(f"from_linear got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
+        adapter_dtype = kwargs.pop("adapter_dtype", None)
+        config = cls._check_config(
+            linear.out_features, linear.in_features, r, b, kwargs.get("alpha"), kwargs.get("rslora", False),
+            kwargs.get("sigma_param", "exp_norm"), kwargs.get("dropout", 0.0),
+        )
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(linear, config, adapter_dtype)
+        return self
+
+    @staticmethod
+    def _check_config(
+        m: int, n: int, r: Any, b: Any, alpha: Any, rslora: Any, sigma_param: Any, dropout: Any
+    ) -> dict[str, Any]:
+        r = check_int("r", r, minimum=1)
+        b = check_b(b, m, n)
+        alpha = float(r) if alpha is None else check_positive_float("alpha", alpha)
+        if not isinstance(rslora, bool):
+            raise BoRAValueError(f"rslora must be a bool, got {rslora!r}")
+        sigma_param = check_choice("sigma_param", sigma_param, SIGMA_PARAMS)
+        dropout = check_probability("dropout", dropout)
+        return {"r": r, "b": b, "alpha": alpha, "rslora": rslora, "sigma_param": sigma_param, "dropout": dropout}
+
+    def _setup(self, base: nn.Linear, config: dict[str, Any], adapter_dtype: torch.dtype | None) -> None:
+        if adapter_dtype is None:
+            adapter_dtype = _default_adapter_dtype(base.weight.dtype)
+        elif not (isinstance(adapter_dtype, torch.dtype) and adapter_dtype.is_floating_point):
+            raise BoRAValueError(f"adapter_dtype must be a floating torch.dtype, got {adapter_dtype!r}")
+        m, n = base.out_features, base.in_features
+        r, b = config["r"], config["b"]
+        self.in_features, self.out_features = n, m
+        self.r, self.b = r, b
+        self.alpha = config["alpha"]
+        self.rslora = config["rslora"]
+        self.sigma_param = config["sigma_param"]
+        self.scaling = self.alpha / (math.sqrt(r) if self.rslora else r)
+        self.merged = False
+
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.base = base
+        factory = {"device": base.weight.device, "dtype": adapter_dtype}
+        self.lora_A = nn.Parameter(torch.empty(r, n, **factory))  # (r, n)
+        self.lora_B = nn.Parameter(torch.zeros(m, r, **factory))  # (m, r)
+        self.sigma = nn.Parameter(torch.empty(b, b, r, **factory))  # (b, b, r), raw
+        self.dropout = nn.Dropout(config["dropout"]) if config["dropout"] > 0 else nn.Identity()
+        self.reset_adapter_parameters()
+
+    def reset_adapter_parameters(self) -> None:
+        """Re-initialise the adapter: ``lora_A`` Kaiming-uniform, ``lora_B = 0``, ``sigma`` per ``sigma_param``."""
+        _init_lora_A_(self.lora_A)
+        nn.init.zeros_(self.lora_B)
+        _init_sigma_(self.sigma, self.sigma_param, self.in_features)
+
+    def effective_sigma(self) -> torch.Tensor:
+        """The ``(b, b, r)`` diagonals that enter ΔW.
+
+        ``"exp_norm"``: $\\exp(\\sigma / \\mathrm{mean}|\\sigma|)$ over the whole tensor, with
+        ``mean|σ| = 0`` treated as 1 (so ``σ = 0`` gives exactly ones). ``"raw"``: ``σ`` itself.
+        """
+        if self.sigma_param == "raw":
+            return self.sigma
+        mav = self.sigma.abs().mean()
+        # Guarded denominator (not a where() on the quotient): keeps gradients finite at σ = 0.
+        denom = torch.where(mav > 0, mav, torch.ones_like(mav))
+        return torch.exp(self.sigma / denom)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling * ΔW``, ``(m, n)`` in the adapter dtype (formed explicitly; used by merge)."""
+        return self.scaling * torch_ref._delta_weight(self.lora_B, self.lora_A, self.effective_sigma())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Base output plus the scaled BoRA update, via the fast path (ΔW is never formed).
+
+        Args:
+            x: ``(..., n)``.
+
+        Returns:
+            ``(..., m)`` in the base layer's output dtype.
+        """
+        result = self.base(x)
+        if self.merged:
+            return result
+        if x.shape[-1] != self.in_features:  # the base already raised for most mismatches
+            raise BoRAValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
+        x_a = self.dropout(x).to(self.lora_A.dtype)
+        update = torch_ref._bora_matmul(x_a, self.lora_B, self.lora_A, self.effective_sigma())  # (..., m)
+        return result + (update * self.scaling).to(result.dtype)
+
+    @torch.no_grad()
+    def merge(self, safe: bool = False) -> None:
+        """Fold ``scaling * ΔW`` into ``base.weight`` (then ``forward`` is one plain linear).
+
+        Args:
+            safe: compute the merged weight out of place first and refuse (``ValueError``, weight
+                untouched) if it contains NaN or infinity.
+        """
+        if self.merged:
+            warnings.warn("BoRALinear.merge(): already merged, nothing to do", stacklevel=2)
+            return
+        weight = self.base.weight
+        delta = self.delta_weight().to(weight.dtype)
+        if safe:
+            merged = weight + delta
+            if not bool(torch.isfinite(merged).all()):
+                raise BoRAValueError("merge(safe=True): the merged weight contains NaN or infinity; weight left unchanged")
+            weight.copy_(merged)
+        else:
+            weight.add_(delta)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ``scaling * ΔW`` from ``base.weight`` again (exact up to rounding in the base dtype)."""
+        if not self.merged:
+            warnings.warn("BoRALinear.unmerge(): not merged, nothing to do", stacklevel=2)
+            return
+        weight = self.base.weight
+        weight.sub_(self.delta_weight().to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, b={self.b}, "
+            f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}, sigma_param={self.sigma_param!r}, "
+            f"adapter_dtype={self.lora_A.dtype}, merged={self.merged}"
+        )

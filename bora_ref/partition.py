@@ -1,0 +1,48 @@
+"""How BoRA splits a dimension into blocks (the ``numpy.array_split`` rule).
+
+A dimension ``d`` split into ``b`` blocks has ``d % b`` blocks of size ``d // b + 1`` first,
+then blocks of size ``d // b``. Every module that needs block boundaries asks this one.
+"""
+
+from __future__ import annotations
+
+from ._validation import BoRAValueError, check_int
+
+__all__ = ["block_sizes", "block_slices"]
+
+
+def block_sizes(dim: int, b: int) -> tuple[int, ...]:
+    """Sizes of the ``b`` blocks of a dimension of length ``dim``, as ``numpy.array_split`` cuts them.
+
+    $$d_k = \\lfloor d / b \\rfloor + [k < d \\bmod b], \\qquad k = 0, \\dots, b - 1$$
+
+    Args:
+        dim: length of the dimension (``m`` for rows of ``B``, ``n`` for columns of ``A``), ``>= 1``.
+        b: number of blocks, ``1 <= b <= dim`` (every block non-empty).
+
+    Returns:
+        A tuple of ``b`` positive ints summing to ``dim``, larger blocks first.
+
+    Raises:
+        ValueError: if ``dim`` or ``b`` is not an integer, ``dim < 1``, ``b < 1`` or ``b > dim``.
+
+    Example:
+        >>> block_sizes(10, 4)
+        (3, 3, 2, 2)
+    """
+    dim = check_int("dim", dim, minimum=1)
+    b = check_int("b", b)
+    if b < 1 or b > dim:
+        raise BoRAValueError(f"b must satisfy 1 <= b <= dim={dim} so that every block is non-empty, got b={b}")
+    q, rem = divmod(dim, b)
+    return tuple(q + 1 if k < rem else q for k in range(b))
+
+
+def block_slices(dim: int, b: int) -> tuple[slice, ...]:
+    """The ``b`` slices ``[start, stop)`` matching :func:`block_sizes` (same arguments, same errors)."""
+    slices = []
+    start = 0
+    for size in block_sizes(dim, b):
+        slices.append(slice(start, start + size))
+        start += size
+    return tuple(slices)

@@ -1,0 +1,153 @@
+"""torch_ref against the NumPy reference: values, gradients, dtypes, allocations, errors."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bora_ref import numpy_ref, torch_ref
+from bora_ref.testing import strategies as bst
+
+from ._helpers import abs_bound, random_factors
+
+
+def _t(*arrays):
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+
+@given(bst.bora_inputs(max_batch_dims=3))
+def test_all_four_paths_agree_in_float64(inputs):
+    x, B, A, sigma = inputs
+    truth = x @ numpy_ref.delta_weight(B, A, sigma).T  # (..., m)
+    tol = 1e-12 * (1.0 + abs_bound(x, B, A, sigma))
+    tx, tB, tA, ts = _t(x, B, A, sigma)
+    results = {
+        "numpy bora_matmul": numpy_ref.bora_matmul(x, B, A, sigma),
+        "torch delta_weight": (tx @ torch_ref.delta_weight(tB, tA, ts).T).numpy(),
+        "torch bora_matmul": torch_ref.bora_matmul(tx, tB, tA, ts).numpy(),
+    }
+    for name, y in results.items():
+        assert y.shape == truth.shape, name
+        assert np.all(np.abs(y - truth) <= tol), name
+    dw = torch_ref.delta_weight(tB, tA, ts).numpy()
+    assert np.all(np.abs(dw - numpy_ref.delta_weight(B, A, sigma)) <= 1e-12 * (1 + numpy_ref.delta_weight(np.abs(B), np.abs(A), np.abs(sigma))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(12, 8, 3, 4), (13, 7, 5, 3), (64, 48, 4, 8)])
+def test_low_precision_keeps_dtype_and_stays_close(dtype, shape, rng):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((2, 5, n))
+    tx, tB, tA, ts = (t.to(dtype) for t in _t(x, B, A, sigma))
+    y = torch_ref.bora_matmul(tx, tB, tA, ts)
+    dw = torch_ref.delta_weight(tB, tA, ts)
+    assert y.dtype == dtype and dw.dtype == dtype and y.shape == (2, 5, m)
+    # Truth on the rounded inputs; error budget: a few units of roundoff per accumulation step.
+    xr, Br, Ar, sr = (t.double().numpy() for t in (tx, tB, tA, ts))
+    truth = numpy_ref.bora_matmul(xr, Br, Ar, sr)
+    u = torch.finfo(dtype).eps
+    tol = 4 * (n + b + r) * u * abs_bound(xr, Br, Ar, sr) + 1e-30
+    assert np.all(np.abs(y.double().numpy() - truth) <= tol)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 2, 2), (7, 5, 3, 3), (5, 6, 4, 5), (4, 4, 2, 1)])
+def test_gradcheck_bora_matmul(shape, rng):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((2, 3, n))
+    args = tuple(t.requires_grad_() for t in _t(x, B, A, sigma))
+    assert torch.autograd.gradcheck(torch_ref.bora_matmul, args)
+    assert torch.autograd.gradcheck(torch_ref.delta_weight, args[1:])
+
+
+def test_gradients_equal_those_of_the_dense_form(rng):
+    m, n, r, b = 10, 9, 3, 3
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((4, n))
+    g = rng.standard_normal((4, m))
+    fast = [t.requires_grad_() for t in _t(x, B, A, sigma)]
+    torch_ref.bora_matmul(*fast).backward(torch.from_numpy(g))
+    dense = [t.requires_grad_() for t in _t(x, B, A, sigma)]
+    (dense[0] @ torch_ref.delta_weight(*dense[1:]).T).backward(torch.from_numpy(g))
+    for a, d in zip(fast, dense):
+        torch.testing.assert_close(a.grad, d.grad, rtol=1e-12, atol=1e-12)
+
+
+class _RecordShapes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.numels = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.numels.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("shape", [(256, 192, 4, 8), (250, 190, 4, 7)])
+def test_bora_matmul_never_allocates_an_m_by_n_tensor(shape):
+    m, n, r, b = shape
+    B, A, sigma = (torch.randn(m, r, requires_grad=True), torch.randn(r, n, requires_grad=True),
+                   torch.randn(b, b, r, requires_grad=True))
+    x = torch.randn(3, 5, n, requires_grad=True)  # 15 tokens: the output (15, m) is far below m * n
+    rec = _RecordShapes()
+    with rec:
+        torch_ref.bora_matmul(x, B, A, sigma).sum().backward()
+    biggest = max(int(np.prod(s)) for _, s in rec.numels)
+    assert biggest < m * n // 4, [entry for entry in rec.numels if int(np.prod(entry[1])) == biggest]
+
+
+def test_non_contiguous_inputs(rng):
+    m, n, r, b = 12, 8, 3, 4
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((n, 6))  # transposed view below
+    tx, tB, tA, ts = _t(x, B, A, sigma)
+    y = torch_ref.bora_matmul(tx.T, tB.T.contiguous().T, tA, ts)
+    np.testing.assert_allclose(y.numpy(), numpy_ref.bora_matmul(x.T, B, A, sigma), rtol=1e-12, atol=1e-12)
+
+
+def test_empty_batch(rng):
+    B, A, sigma = _t(*random_factors(rng, 6, 4, 2, 2))
+    assert torch_ref.bora_matmul(torch.zeros(0, 4, dtype=torch.float64), B, A, sigma).shape == (0, 6)
+
+
+def _valid():
+    return torch.randn(3, 6), torch.randn(8, 2), torch.randn(2, 6), torch.randn(2, 2, 2)
+
+
+@pytest.mark.parametrize("fn", ["delta_weight", "bora_matmul"])
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda x, B, A, s: (x, B, A, s[:, :, :1]), r"sigma has shape \(2, 2, 1\) but r=2 from A requires \(2, 2, 2\)"),
+        (lambda x, B, A, s: (x, B, A[:1], s), r"A has shape \(1, 6\) but B has shape \(8, 2\)"),
+        (lambda x, B, A, s: (x, B, A, torch.ones(7, 7, 2)), r"b must satisfy 1 <= b <= min\(m, n\) = 6"),
+        (lambda x, B, A, s: (x, B.numpy(), A, s), r"B must be a torch.Tensor .* got numpy"),
+        (lambda x, B, A, s: (x, B, A, s.double()), r"sigma has dtype torch.float64 but B has dtype torch.float32"),
+        (lambda x, B, A, s: (x, B.long(), A, s), r"B must have a real floating dtype, got torch.int64"),
+        (lambda x, B, A, s: (x, B, A.to("meta"), s), r"A is on device meta but B is on cpu"),
+    ],
+)
+def test_torch_ref_rejects_bad_factors(fn, change, match):
+    x, B, A, sigma = change(*_valid())
+    args = (B, A, sigma) if fn == "delta_weight" else (x, B, A, sigma)
+    with pytest.raises(ValueError, match=match):
+        getattr(torch_ref, fn)(*args)
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (torch.randn(3, 5), r"x must have shape \(\.\.\., n\) with n=6 .* got shape \(3, 5\)"),
+        (np.ones((3, 6), dtype=np.float32), r"x must be a torch.Tensor .* got numpy"),
+        (torch.randn(3, 6, dtype=torch.float64), r"x has dtype torch.float64 but B has dtype torch.float32"),
+    ],
+)
+def test_torch_bora_matmul_rejects_bad_x(x, match):
+    _, B, A, sigma = _valid()
+    with pytest.raises(ValueError, match=match):
+        torch_ref.bora_matmul(x, B, A, sigma)
