@@ -8,6 +8,7 @@ exit code).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -17,9 +18,11 @@ from ._validation import BoRAValueError
 __all__ = ["main", "build_parser"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import report
+# Modules that contribute subcommands through ``register(subparsers)``.
+_SUBCOMMAND_MODULES = ("bora_ref.report",)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bora-ref",
         description="Reference tools for BoRA (Block-Diversified Low-Rank Adaptation): rank and parameter "
@@ -27,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bora-ref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (report.register,):
-        register(sub)
+    for module in _SUBCOMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
