@@ -15,6 +15,7 @@ Public surface (DESIGN.md §2): partitioning and counting (:func:`block_sizes`,
 from __future__ import annotations
 
 from ._validation import BoRAValueError
+from .adapter_io import load_adapter, save_adapter
 from .inject import (
     adapter_state_dict,
     apply_bora,
@@ -26,6 +27,7 @@ from .inject import (
 )
 from .layer import BoRALinear
 from .params import ParamCount, param_count
+from .peft_interop import bora_from_peft, bora_to_peft, lora_factors
 from .partition import block_sizes
 from .rank import numerical_rank, rank_bound
 
@@ -39,12 +41,17 @@ __all__ = [
     "adapter_state_dict",
     "apply_bora",
     "block_sizes",
+    "bora_from_peft",
     "bora_layers",
+    "bora_to_peft",
+    "load_adapter",
     "load_adapter_state_dict",
+    "lora_factors",
     "merge_and_unload",
     "merge_bora",
     "numerical_rank",
     "param_count",
     "rank_bound",
+    "save_adapter",
     "unmerge_bora",
 ]

@@ -58,6 +58,8 @@ def load_pretrained(
     Raises:
         ValueError: a local path that does not exist, or ``num_labels < 1``.
     """
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+        raise BoRAValueError(f"num_labels must be a positive int or None, got {num_labels!r}")  # before any loading
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
     if model_name_or_path is None:
@@ -76,8 +78,6 @@ def load_pretrained(
     if num_labels is None:
         model = AutoModel.from_pretrained(path, local_files_only=local_files_only, **kwargs)
     else:
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-            raise BoRAValueError(f"num_labels must be a positive int or None, got {num_labels!r}")
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, local_files_only=local_files_only, **kwargs
         )

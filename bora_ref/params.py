@@ -1,16 +1,34 @@
 """Parameter accounting for LoRA and BoRA (DESIGN.md fact 5).
 
 Per adapted ``(m, n)`` layer: LoRA trains ``r (m + n)`` parameters (``A (r, n)`` and
-``B (m, r)``); BoRA adds the ``b² r`` entries of ``sigma (b, b, r)``.
+``B (m, r)``); BoRA adds the ``b² r`` entries of ``sigma (b, b, r)``. To reach rank
+``R = b r`` BoRA needs ``R ((m + n) / b + b)`` parameters against LoRA's ``R (m + n)``,
+minimised at ``b = √(m + n)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from ._validation import check_b, check_int
+from torch import nn
 
-__all__ = ["ParamCount", "param_count"]
+from ._validation import BoRAValueError, check_b, check_int
+from .layer import BoRALinear
+from .rank import rank_bound
+
+__all__ = [
+    "ModelParamCount",
+    "ParamCount",
+    "best_b",
+    "bora_params_for_rank",
+    "equal_budget_lora_rank",
+    "lora_params_for_rank",
+    "model_param_count",
+    "param_count",
+    "sum_param_counts",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,11 @@ class ParamCount:
     def overhead(self) -> float:
         """Extra parameters relative to LoRA of the same ``r``: ``sigma / lora`` (a fraction)."""
         return self.sigma / self.lora
+
+    @property
+    def overhead_pct(self) -> float:
+        """:attr:`overhead` in percent: ``100 * sigma / lora``."""
+        return 100.0 * self.overhead
 
 
 def param_count(m: int, n: int, r: int, b: int) -> ParamCount:
@@ -59,3 +82,135 @@ def param_count(m: int, n: int, r: int, b: int) -> ParamCount:
     lora = r * (m + n)
     sigma = b * b * r
     return ParamCount(lora=lora, sigma=sigma, total=lora + sigma)
+
+
+def sum_param_counts(counts: Iterable[ParamCount]) -> ParamCount:
+    """Field-wise sum of several :class:`ParamCount` (e.g. every adapted layer of a model).
+
+    Raises:
+        ValueError: an item that is not a :class:`ParamCount`, or no items at all.
+    """
+    items = list(counts)
+    if not items or not all(isinstance(c, ParamCount) for c in items):
+        raise BoRAValueError(f"counts must be a non-empty iterable of ParamCount, got {items!r:.80}")
+    lora = sum(c.lora for c in items)
+    sigma = sum(c.sigma for c in items)
+    return ParamCount(lora=lora, sigma=sigma, total=lora + sigma)
+
+
+@dataclass(frozen=True)
+class ModelParamCount(ParamCount):
+    """Trainable BoRA parameters of a whole model: the sums, plus every layer's count.
+
+    Attributes:
+        lora, sigma, total: sums over the layers (as :class:`ParamCount`).
+        layers: module name -> that ``BoRALinear``'s :class:`ParamCount`, in ``named_modules`` order.
+    """
+
+    layers: Mapping[str, ParamCount] = field(default_factory=dict)
+
+
+def model_param_count(model: nn.Module) -> ModelParamCount:
+    """Per-layer and total parameter accounting of every ``BoRALinear`` in ``model``.
+
+    Counts follow :func:`param_count` with each layer's own ``(m, n, r, b)``; they equal the
+    number of adapter parameters the layers hold.
+
+    Raises:
+        ValueError: ``model`` is not an ``nn.Module`` or has no ``BoRALinear`` layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = {
+        name: param_count(module.out_features, module.in_features, module.r, module.b)
+        for name, module in model.named_modules()
+        if isinstance(module, BoRALinear)
+    }
+    if not layers:
+        raise BoRAValueError(f"model ({type(model).__name__}) has no BoRALinear layers; call bora_ref.apply_bora first")
+    total = sum_param_counts(layers.values())
+    return ModelParamCount(lora=total.lora, sigma=total.sigma, total=total.total, layers=layers)
+
+
+def equal_budget_lora_rank(m: int, n: int, r: int, b: int) -> int:
+    """The largest LoRA rank whose parameters do not exceed BoRA's ``(r, b)`` on an ``(m, n)`` weight.
+
+    $$R_\text{LoRA} = \max\{R : R(m + n) \le r(m + n) + b^2 r\} = r + \lfloor b^2 r / (m + n) \rfloor$$
+
+    Args:
+        m, n, r, b: as in :func:`param_count`.
+
+    Raises:
+        ValueError: as :func:`param_count`.
+
+    Example:
+        >>> equal_budget_lora_rank(384, 384, 8, 64)  # 64² * 8 = 32768 extra = 42.7 LoRA ranks
+        50
+    """
+    pc = param_count(m, n, r, b)
+    return pc.total // (m + n)
+
+
+def _check_target_rank(m: int, n: int, R: int) -> tuple[int, int, int]:
+    m = check_int("m", m, minimum=1)
+    n = check_int("n", n, minimum=1)
+    R = check_int("R", R, minimum=1)
+    if R > min(m, n):
+        raise BoRAValueError(f"R must be <= min(m, n) = {min(m, n)} (no update of an ({m}, {n}) weight has a higher rank), got R={R}")
+    return m, n, R
+
+
+def lora_params_for_rank(m: int, n: int, R: int) -> int:
+    """Parameters LoRA needs to reach rank ``R`` on an ``(m, n)`` weight: $R (m + n)$.
+
+    Raises:
+        ValueError: non-integer arguments, or ``R`` outside ``[1, min(m, n)]``.
+    """
+    m, n, R = _check_target_rank(m, n, R)
+    return R * (m + n)
+
+
+def bora_params_for_rank(m: int, n: int, R: int, b: int) -> int:
+    """Fewest BoRA parameters with ``b`` blocks whose rank bound reaches ``R``.
+
+    Takes the smallest ``r`` with :func:`bora_ref.rank_bound` ``(m, n, r, b) >= R`` and returns
+    ``param_count(m, n, r, b).total``; for ``R = b r`` with even splits and ``r <= m/b, n/b``:
+
+    $$r(m + n) + b^2 r = R\Big(\frac{m + n}{b} + b\Big)$$
+
+    Args:
+        m, n: weight shape. R: target rank, ``1 <= R <= min(m, n)``. b: ``1 <= b <= min(m, n)``.
+
+    Raises:
+        ValueError: non-integer or out-of-range arguments.
+
+    Example:
+        >>> bora_params_for_rank(4096, 4096, 128, 16), lora_params_for_rank(4096, 4096, 128)
+        (67584, 1048576)
+    """
+    m, n, R = _check_target_rank(m, n, R)
+    b = check_b(b, m, n)
+    r = math.ceil(R / b)  # enough when every block has at least r rows and columns
+    while rank_bound(m, n, r, b) < R:  # small blocks cap min(r, m_i): grow r (ends by r = max block)
+        r += 1
+    return param_count(m, n, r, b).total
+
+
+def best_b(m: int, n: int) -> int:
+    """The ``b`` that minimises BoRA's parameters per unit of rank on an ``(m, n)`` weight.
+
+    Per unit of rank BoRA costs $(m + n)/b + b$ (DESIGN.md fact 5), minimised over the reals at
+    $b = \sqrt{m + n}$; this returns the best integer in ``[1, min(m, n)]`` (the smaller on a tie).
+
+    Raises:
+        ValueError: non-integer or non-positive ``m``, ``n``.
+
+    Example:
+        >>> best_b(4096, 4096), best_b(4096, 11008), best_b(384, 384)
+        (91, 123, 28)
+    """
+    m = check_int("m", m, minimum=1)
+    n = check_int("n", n, minimum=1)
+    root = math.isqrt(m + n)
+    candidates = {min(max(c, 1), min(m, n)) for c in (root, root + 1)}
+    return min(sorted(candidates), key=lambda c: (m + n) / c + c)

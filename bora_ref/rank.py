@@ -1,20 +1,61 @@
-"""Rank of BoRA updates: the exact bound, and numerical rank by SVD.
+"""Rank of BoRA updates: the exact bound, and numerical rank under a written tolerance policy.
 
 The bound (DESIGN.md fact 4): with ``ΔW = P S Q``, ``P = blockdiag(B_i)`` has rank at most
 ``Σ_i min(r, m_i)`` and ``Q = blockdiag(A_j)`` at most ``Σ_j min(r, n_j)``.
+
+Tolerance policy (singular values computed in float64, counted with a strict ``σ > tol``;
+the docs page ``docs/rank.md`` derives each rule):
+
+1. **Default relative rule** (NumPy's ``matrix_rank``): ``tol = σ₁ · max(m, n) · eps``, with
+   ``eps`` of the input's dtype for a dense float32/float64 matrix, and of float64 for factors
+   (the structured SVD is exact on the factors as given) and for 16-bit dense input.
+2. **rtol / atol** (like ``torch.linalg.matrix_rank``): ``tol = max(atol, rtol · σ₁)``; they
+   replace rule 1. A missing ``atol`` is 0; a missing ``rtol`` is 0 when ``atol > 0``, else
+   the whole default policy applies.
+3. **Rounding-noise floor** of the dtype the data were stored in, ``tol = max(rule 1 or 2,
+   floor)``: on by default for float16/bfloat16 dense input (where rule 1 with their ``eps``
+   exceeds σ₁ and returns 0), on request (``storage_dtype=``) for anything else, notably
+   factors stored in float32/float16/bfloat16. See :func:`dense_noise_floor` and
+   :func:`factor_noise_floor`.
+
+Every ``*_rank_info`` function also reports the gap ``σ_k / σ_{k+1}`` at the cut: a small gap
+means the rank is ill-defined at that precision.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from ._arrays import as_float64, dtype_eps, smallest_normal, storage_dtype_name, unit_roundoff
 from ._validation import BoRAValueError, check_b, check_int
-from .partition import block_sizes
+from .layer import BoRALinear
+from .partition import block_sizes, block_slices
+from .svd import factors_float64, singular_values
 
-__all__ = ["rank_bound", "numerical_rank"]
+__all__ = [
+    "DENSE_FLOOR_SAFETY",
+    "RankInfo",
+    "dense_noise_floor",
+    "factor_noise_floor",
+    "factor_rank",
+    "factor_rank_info",
+    "layer_rank_info",
+    "matrix_rank_info",
+    "model_rank_info",
+    "numerical_rank",
+    "rank_bound",
+]
+
+DENSE_FLOOR_SAFETY = 2.0
+"""Safety factor of :func:`dense_noise_floor` over its estimate of the noise's spectral norm
+(measured: the largest noise singular value stays below 0.6 times the estimate)."""
 
 
 def rank_bound(m: int, n: int, r: int, b: int) -> int:
@@ -44,98 +85,278 @@ def rank_bound(m: int, n: int, r: int, b: int) -> int:
     return min(rows, cols)
 
 
-def _as_float64_matrix(name: str, M: Any) -> tuple[np.ndarray, np.dtype | torch.dtype]:
-    if isinstance(M, torch.Tensor):
-        dtype = M.dtype
-        if not dtype.is_floating_point:
-            raise BoRAValueError(f"{name} must have a real floating dtype, got {dtype}")
-        arr = M.detach().to("cpu", torch.float64).numpy()
-    elif isinstance(M, np.ndarray):
-        dtype = M.dtype
-        if not np.issubdtype(dtype, np.floating):
-            raise BoRAValueError(f"{name} must have a real floating dtype, got {dtype}")
-        arr = M.astype(np.float64)
+@dataclass(frozen=True, eq=False)
+class RankInfo:
+    """A numerical rank with everything needed to judge it.
+
+    Attributes:
+        rank: number of singular values ``> tol``.
+        tol: the tolerance used.
+        floor: the rounding-noise floor the policy considered (0.0 when it has none);
+            ``tol = max(rule, floor)``.
+        policy: which rule set ``tol``, in words.
+        singular_values: ``(min(m, n),)`` float64, descending.
+    """
+
+    rank: int
+    tol: float
+    floor: float
+    policy: str
+    singular_values: np.ndarray
+
+    @property
+    def gap(self) -> float:
+        """$\\sigma_k / \\sigma_{k+1}$ at the cut ``k = rank``: large means a clean cut.
+
+        ``inf`` when nothing non-zero was dropped (``σ_{k+1} = 0`` or ``k = min(m, n)``);
+        ``nan`` when ``k = 0`` but ``σ₁ > 0`` (the tolerance swallowed the whole spectrum).
+        """
+        S, k = self.singular_values, self.rank
+        dropped = S[k] if k < len(S) else 0.0
+        if dropped == 0.0:
+            return math.inf
+        return float(S[k - 1] / dropped) if k > 0 else math.nan
+
+
+def dense_noise_floor(M: Any, storage_dtype: Any = None) -> float:
+    """Estimated spectral norm of the error of rounding the matrix ``M`` to ``storage_dtype``.
+
+    Rounding each entry to nearest adds $E_{pq} = M_{pq}\\delta_{pq}$, $|\\delta_{pq}| \\le u$,
+    modelled as independent with variance $(u|M_{pq}| + \\eta)^2/3$ ($\\eta = u \\cdot$
+    smallest normal covers subnormals). For independent entries
+    $\\|E\\|_2 \\approx \\max_p \\|E_{p,:}\\| + \\max_q \\|E_{:,q}\\|$, hence
+
+    $$\\text{floor} = c \\, \\frac{u}{\\sqrt{3}} \\Big(\\max_p \\|\\tilde M_{p,:}\\|_2 +
+    \\max_q \\|\\tilde M_{:,q}\\|_2\\Big), \\qquad \\tilde M = |M| + \\text{smallest normal},$$
+
+    with $c$ = :data:`DENSE_FLOOR_SAFETY`. For evenly sized entries this is
+    $c \\, u \\|M\\|_F (\\sqrt m + \\sqrt n) / \\sqrt{3 m n}$; unlike that formula it stays valid
+    when a few rows or columns dominate.
+
+    Args:
+        M: ``(m, n)`` NumPy array or torch tensor, real float dtype.
+        storage_dtype: dtype ``M`` was stored in (default: ``M``'s own dtype).
+
+    Raises:
+        ValueError: invalid ``M`` (see :func:`numerical_rank`) or unknown ``storage_dtype``.
+    """
+    arr, own = as_float64("M", M, ndim=2)
+    dtype = own if storage_dtype is None else storage_dtype_name(storage_dtype)
+    return _dense_floor(arr, dtype)
+
+
+def _dense_floor(arr: np.ndarray, dtype: str) -> float:
+    padded = np.abs(arr) + smallest_normal(dtype)  # (m, n)
+    spread = np.linalg.norm(padded, axis=1).max() + np.linalg.norm(padded, axis=0).max()
+    return float(DENSE_FLOOR_SAFETY * unit_roundoff(dtype) / math.sqrt(3.0) * spread)
+
+
+def factor_noise_floor(B: Any, A: Any, sigma: Any, storage_dtype: Any = "auto") -> float:
+    """Expected Frobenius norm of the change of $\\Delta W$ when its factors are rounded.
+
+    Rounding ``B``, ``A`` and ``sigma`` to a dtype of unit roundoff $u$ perturbs every term
+    $B_{pk}\\sigma_{ijk}A_{kq}$ of $\\Delta W$ by three independent relative errors of variance
+    $u^2/3$; to first order $E\\|\\delta\\Delta W\\|_F^2 = u^2 F^2$ with
+
+    $$F^2 = \\sum_{i, j} \\sum_{k=1}^{r} \\|\\tilde B_{i,:k}\\|_2^2 \\, \\tilde\\sigma_{ijk}^2 \\,
+    \\|\\tilde A_{k, j}\\|_2^2, \\qquad \\tilde x = |x| + \\text{smallest normal},$$
+
+    (the column ``k`` of the row block ``B_i`` and the row ``k`` of the column block ``A_j``).
+    The floor is $u F$: since $\\|\\cdot\\|_2 \\le \\|\\cdot\\|_F$, no singular value created by the
+    rounding is expected above it (measured: below $0.3\\,uF$).
+
+    Args:
+        B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)``. NumPy or torch, any float dtype.
+        storage_dtype: dtype the factors were stored in; ``"auto"`` takes the least precise of
+            the three inputs' dtypes.
+
+    Raises:
+        ValueError: invalid factors (see :func:`bora_ref.singular_values`) or unknown dtype.
+    """
+    B64, A64, s64, dtypes = factors_float64(B, A, sigma)
+    return _factor_floor(B64, A64, s64, _resolve_storage(storage_dtype, dtypes))
+
+
+def _resolve_storage(storage_dtype: Any, dtypes: tuple[str, ...]) -> str:
+    if isinstance(storage_dtype, str) and storage_dtype == "auto":
+        return max(dtypes, key=unit_roundoff)
+    return storage_dtype_name(storage_dtype)
+
+
+def _factor_floor(B: np.ndarray, A: np.ndarray, sigma: np.ndarray, dtype: str) -> float:
+    tiny = smallest_normal(dtype)
+    b = sigma.shape[0]
+    # Squared column norms of every row block of B and squared row norms of every column block of A.
+    b_sq = np.stack([((np.abs(B[sl]) + tiny) ** 2).sum(axis=0) for sl in block_slices(B.shape[0], b)])  # (b, r)
+    a_sq = np.stack([((np.abs(A[:, sl]) + tiny) ** 2).sum(axis=1) for sl in block_slices(A.shape[1], b)])  # (b, r)
+    F_sq = np.einsum("ik,ijk,jk->", b_sq, (np.abs(sigma) + tiny) ** 2, a_sq)
+    return float(unit_roundoff(dtype) * math.sqrt(F_sq))
+
+
+def _cut(
+    S: np.ndarray, shape: tuple[int, int], rtol: float | None, atol: float | None, default_eps: float, floor: float,
+    floor_dtype: str | None,
+) -> RankInfo:
+    """Apply the policy of the module docstring to descending singular values ``S``."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0
+        ):
+            raise BoRAValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+    sigma_1 = float(S[0])
+    if rtol is None and not atol:
+        tol = sigma_1 * max(shape) * default_eps
+        policy = f"default: sigma_1 * max(m, n) * eps, eps = {default_eps:.3g}"
     else:
-        raise BoRAValueError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(M).__name__}")
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise BoRAValueError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise BoRAValueError(f"{name} contains NaN or infinity; all its values must be finite")
-    return arr, dtype
+        tol = max(atol or 0.0, (rtol or 0.0) * sigma_1)
+        policy = f"max(atol={atol or 0.0:g}, rtol={rtol or 0.0:g} * sigma_1)"
+    if floor_dtype is not None and floor > tol:
+        tol = floor
+        policy = f"{floor_dtype} rounding-noise floor (above {policy})"
+    return RankInfo(rank=int((S > tol).sum()), tol=float(tol), floor=floor, policy=policy, singular_values=S)
 
 
-def _eps(dtype: np.dtype | torch.dtype) -> float:
-    if isinstance(dtype, torch.dtype):
-        return float(torch.finfo(dtype).eps)
-    return float(np.finfo(dtype).eps)
+def matrix_rank_info(
+    M: Any, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
+) -> RankInfo:
+    """:func:`numerical_rank` of a dense matrix, with tolerance, floor, policy and gap.
+
+    Args:
+        M: ``(m, n)`` NumPy array or torch tensor of a real float dtype, any device.
+        rtol, atol: as in :func:`numerical_rank`.
+        storage_dtype: add the rounding-noise floor (:func:`dense_noise_floor`) of this dtype,
+            or ``"auto"`` for ``M``'s own; then the relative rule uses float64's ``eps``.
+            Default ``None``: the floor applies to float16/bfloat16 ``M`` only.
+
+    Raises:
+        ValueError: invalid ``M``, negative or non-finite ``rtol``/``atol``, unknown dtype.
+    """
+    arr, own = as_float64("M", M, ndim=2)
+    if storage_dtype is None:
+        storage = own if own in ("float16", "bfloat16") else None
+    else:
+        storage = own if isinstance(storage_dtype, str) and storage_dtype == "auto" else storage_dtype_name(storage_dtype)
+    S = np.linalg.svd(arr, compute_uv=False)  # (min(m, n),) descending
+    default_eps = dtype_eps("float64" if storage is not None else own)
+    floor = _dense_floor(arr, storage) if storage is not None else 0.0
+    return _cut(S, arr.shape, rtol, atol, default_eps, floor, storage)
 
 
 def numerical_rank(M: Any, *, rtol: float | None = None, atol: float | None = None) -> int:
-    """Number of singular values of ``M`` above a tolerance (SVD in float64).
+    """Number of singular values of ``M`` above the tolerance of the policy (SVD in float64).
 
-    Default tolerance: ``S.max() * max(M.shape) * eps(M.dtype)`` (NumPy's ``matrix_rank`` rule),
-    singular values counted with strict ``>``. With ``rtol``/``atol`` the tolerance is
-    ``max(atol, rtol * S.max())`` like ``torch.linalg.matrix_rank``.
+    $$\\mathrm{rank}(M) = \\#\\{k : \\sigma_k > \\mathrm{tol}\\}, \\qquad
+    \\mathrm{tol} = \\sigma_1 \\max(m, n) \\, \\varepsilon \\text{ by default}$$
+
+    - float32/float64 input: NumPy's rule with ``eps`` of the input's dtype.
+    - float16/bfloat16 input: NumPy's rule would give ``tol > σ₁`` (rank 0), so the default is
+      the rounding-noise floor of the dtype, :func:`dense_noise_floor` (or float64's rule if larger).
+    - ``rtol``/``atol`` given: ``tol = max(atol, rtol σ₁)`` like ``torch.linalg.matrix_rank``
+      (a missing ``rtol`` is 0 when ``atol > 0``).
+
+    Use :func:`matrix_rank_info` for the tolerance and the gap at the cut, and
+    :func:`factor_rank` for BoRA factors (no ``(m, n)`` matrix formed).
 
     Args:
         M: ``(m, n)`` NumPy array or torch tensor of a real floating dtype (any device).
-        rtol: relative tolerance (multiplies the largest singular value).
-        atol: absolute tolerance.
+        rtol: relative tolerance (multiplies the largest singular value), ``>= 0``.
+        atol: absolute tolerance, ``>= 0``.
 
     Raises:
-        ValueError: non-array input, non-float dtype, not 2-D, empty, or non-finite values.
+        ValueError: non-array input, non-float dtype, not 2-D, empty, non-finite values, or
+            negative ``rtol``/``atol``.
+
+    Example:
+        >>> numerical_rank(np.diag([3.0, 1.0, 1e-3, 1e-9]), rtol=1e-6)
+        3
     """
-    arr, dtype = _as_float64_matrix("M", M)
-    S = np.linalg.svd(arr, compute_uv=False)
-    if rtol is None and atol is None:
-        tol = S.max() * max(arr.shape) * _eps(dtype)
-    else:
-        tol = max(atol or 0.0, (rtol or 0.0) * S.max())
-    return int((S > tol).sum())
+    return matrix_rank_info(M, rtol=rtol, atol=atol).rank
 
 
-def _factors_float64(B: Any, A: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from ._validation import check_factors, check_finite
+def factor_rank_info(
+    B: Any, A: Any, sigma: Any, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
+) -> RankInfo:
+    """Numerical rank of $\\Delta W$ from its factors (structured SVD, no ``(m, n)`` matrix).
 
-    backend = "torch" if isinstance(B, torch.Tensor) else "numpy"
-    check_factors(B, A, sigma, backend)  # type: ignore[arg-type]
-    out = []
-    for name, value in (("B", B), ("A", A), ("sigma", sigma)):
-        check_finite(name, value)
-        out.append(value.detach().to("cpu", torch.float64).numpy() if backend == "torch" else value.astype(np.float64))
-    return out[0], out[1], out[2]
-
-
-def singular_values(B: Any, A: Any, sigma: Any) -> np.ndarray:
-    """Singular values of $\\Delta W$, computed without forming the ``(m, n)`` matrix.
-
-    Uses $\\Delta W = P S Q$: thin Householder QR of every ``B_i`` and ``A_j^T``
-    (``B_i = U_i R_i``, ``A_j^T = V_j T_j``) turns the problem into the SVD of the small core
-    $\\mathrm{blockdiag}(R_i) \\, S \\, \\mathrm{blockdiag}(T_j)^T$, whose singular values are
-    exactly those of $\\Delta W$ (the ``U``, ``V`` factors have orthonormal columns).
+    Default: $\\mathrm{tol} = \\sigma_1 \\max(m, n) \\, \\varepsilon_{64}$ — the structured SVD is
+    exact on the factors as given, whatever their dtype. If the factors are a rounded copy of
+    the update you care about (trained in or saved to float32/float16/bfloat16), pass
+    ``storage_dtype`` (or ``"auto"``) to add :func:`factor_noise_floor`; never use
+    ``max(m, n)·eps`` of a 16-bit dtype, which exceeds σ₁ and returns 0.
 
     Args:
-        B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)`` effective diagonals. NumPy or torch,
-            any float dtype and device; computed on CPU in float64.
-
-    Returns:
-        ``(min(m, n),)`` float64 array, descending, zero-padded after the core's singular values.
+        B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)`` effective diagonals; NumPy or torch.
+        rtol, atol: as in :func:`numerical_rank`.
+        storage_dtype: ``None`` (exact factors), ``"auto"`` (the inputs' least precise dtype), or
+            a dtype/name: ``tol = max(rule, factor_noise_floor)``.
 
     Raises:
-        ValueError: invalid factors (see :func:`bora_ref.numpy_ref.delta_weight`) or non-finite values.
+        ValueError: invalid factors, negative or non-finite ``rtol``/``atol``, unknown dtype.
     """
-    B64, A64, s64 = _factors_float64(B, A, sigma)
-    m, r = B64.shape
-    n = A64.shape[1]
-    b = s64.shape[0]
-    rows = np.cumsum((0,) + block_sizes(m, b))
-    cols = np.cumsum((0,) + block_sizes(n, b))
-    R = [np.linalg.qr(B64[rows[i]:rows[i + 1]], mode="r") for i in range(b)]  # (k_i, r), k_i = min(m_i, r)
-    T = [np.linalg.qr(A64[:, cols[j]:cols[j + 1]].T, mode="r") for j in range(b)]  # (l_j, r)
-    # core[i, j] = R_i diag(sigma_ij) T_j^T
-    core = np.block([[(R[i] * s64[i, j]) @ T[j].T for j in range(b)] for i in range(b)])
-    S = np.linalg.svd(core, compute_uv=False)
-    out = np.zeros(min(m, n))
-    k = min(len(S), len(out))
-    out[:k] = S[:k]
-    return out
+    B64, A64, s64, dtypes = factors_float64(B, A, sigma)
+    storage = None if storage_dtype is None else _resolve_storage(storage_dtype, dtypes)
+    S = singular_values(B64, A64, s64)
+    floor = _factor_floor(B64, A64, s64, storage) if storage is not None else 0.0
+    shape = (B64.shape[0], A64.shape[1])
+    return _cut(S, shape, rtol, atol, dtype_eps("float64"), floor, storage)
+
+
+def factor_rank(
+    B: Any, A: Any, sigma: Any, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
+) -> int:
+    """``factor_rank_info(B, A, sigma, ...).rank``: the rank of $\\Delta W$ from its factors.
+
+    Raises:
+        ValueError: as :func:`factor_rank_info`.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> factor_rank(rng.standard_normal((96, 4)), rng.standard_normal((4, 80)), rng.standard_normal((8, 8, 4)))
+        32
+    """
+    return factor_rank_info(B, A, sigma, rtol=rtol, atol=atol, storage_dtype=storage_dtype).rank
+
+
+@torch.no_grad()
+def layer_rank_info(
+    layer: BoRALinear, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
+) -> RankInfo:
+    """Rank of a layer's update ``scaling * ΔW`` from ``lora_B``, ``lora_A``, ``effective_sigma()``.
+
+    The scaling matters only for ``atol`` (and :func:`bora_ref.measures.threshold_rank`, which
+    is absolute too). ``storage_dtype="auto"`` takes the adapter dtype.
+
+    Args:
+        layer: a :class:`bora_ref.BoRALinear` (merged or not: the adapter is what is measured).
+        rtol, atol, storage_dtype: as in :func:`factor_rank_info`.
+
+    Raises:
+        ValueError: ``layer`` is not a ``BoRALinear``, or as :func:`factor_rank_info`.
+    """
+    if not isinstance(layer, BoRALinear):
+        raise BoRAValueError(f"layer must be a bora_ref.BoRALinear, got {type(layer).__name__}")
+    # Scale in float64: the (b, b, r) values the layer uses, times its scaling, without a new rounding.
+    # ("auto" still sees the adapter dtype: it takes the least precise of the three inputs.)
+    sigma = layer.effective_sigma().to(torch.float64) * layer.scaling
+    return factor_rank_info(layer.lora_B, layer.lora_A, sigma, rtol=rtol, atol=atol, storage_dtype=storage_dtype)
+
+
+def model_rank_info(
+    model: nn.Module, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
+) -> dict[str, RankInfo]:
+    """:func:`layer_rank_info` of every ``BoRALinear`` in ``model``, keyed by module name.
+
+    Raises:
+        ValueError: ``model`` is not an ``nn.Module`` or has no ``BoRALinear`` (call
+            :func:`bora_ref.apply_bora` first), or as :func:`factor_rank_info`.
+    """
+    if not isinstance(model, nn.Module):
+        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    infos = {
+        name: layer_rank_info(module, rtol=rtol, atol=atol, storage_dtype=storage_dtype)
+        for name, module in model.named_modules()
+        if isinstance(module, BoRALinear)
+    }
+    if not infos:
+        raise BoRAValueError(f"model ({type(model).__name__}) has no BoRALinear layers; call bora_ref.apply_bora first")
+    return infos

@@ -7,14 +7,22 @@ and is differentiable in all its arguments.
 
 ``bora_matmul`` never allocates an ``(m, n)`` tensor: it projects with ``A`` block-wise, mixes
 the ``b`` projections with the ``b x b`` diagonals (per rank channel), and lifts with ``B``
-block-wise. Its largest intermediates are the output ``(N, m)`` and ``(b, N, r)`` projections.
+block-wise, each step a strided batched matmul on views (:class:`_BoRAMatmul`). Besides its
+output ``(N, m)`` it allocates (and saves for backward) two ``(b, r, N)`` tensors, so it costs
+LoRA's two matmuls plus ``b² r`` multiply-adds per token. It is first-order differentiable
+(a custom backward; differentiating twice raises). ``delta_weight`` is the plain, readable route.
 Unlike the NumPy reference, the torch paths check shapes but not values (no NaN scan): a
 data-dependent check would force a device sync on every forward.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+from typing import Any, NamedTuple
+
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._validation import check_factors, check_same_dtype_device, check_x
 from .partition import block_sizes
@@ -81,28 +89,112 @@ def bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.
 
 def _bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Unchecked fast path (the layer calls this after validating once at construction)."""
-    b = sigma.shape[0]
-    (m, r), n = B.shape, A.shape[1]
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, n)  # (N, n)
-    N = x2.shape[0]
+    n, m = A.shape[1], B.shape[0]
+    y = _BoRAMatmul.apply(x.reshape(-1, n), B, A, sigma)  # (N, m)
+    return y.reshape(*x.shape[:-1], m)
 
-    if n % b == 0:
-        # (b, N, n_b) @ (b, n_b, r) -> (b, N, r): one batched matmul over the column blocks.
-        A_blocks = A.reshape(r, b, n // b).permute(1, 2, 0)  # (b, n_b, r)
-        z = torch.bmm(x2.reshape(N, b, n // b).transpose(0, 1), A_blocks)  # (b, N, r)
-    else:
-        splits = block_sizes(n, b)
-        z = torch.stack([x_j @ A_j.T for x_j, A_j in zip(x2.split(splits, dim=1), A.split(splits, dim=1))])  # (b, N, r)
 
-    # u[i] = sum_j sigma[i, j] * z[j]: for each rank channel k a (b x b) mix of the projections.
-    u = torch.einsum("ijk,jnk->ink", sigma, z)  # (b, N, r)
+class _Run(NamedTuple):
+    """``count`` consecutive equal blocks of ``size`` rows/columns: blocks ``first..first+count-1``, from ``offset``."""
 
-    if m % b == 0:
-        B_blocks = B.reshape(b, m // b, r).transpose(1, 2)  # (b, r, m_b)
-        y = torch.bmm(u, B_blocks)  # (b, N, m_b)
-        y = y.transpose(0, 1).reshape(N, m)  # (N, m)
-    else:
-        splits = block_sizes(m, b)
-        y = torch.cat([u_i @ B_i.T for u_i, B_i in zip(u.unbind(0), B.split(splits, dim=0))], dim=1)  # (N, m)
-    return y.reshape(*lead, m)
+    first: int
+    count: int
+    size: int
+    offset: int
+
+
+@functools.lru_cache(maxsize=256)
+def _runs(dim: int, b: int) -> tuple[_Run, ...]:
+    """The array_split blocks of ``dim`` as at most two runs of equal blocks (one when ``b`` divides ``dim``)."""
+    runs, first, offset = [], 0, 0
+    for size, group in itertools.groupby(block_sizes(dim, b)):
+        count = len(list(group))
+        runs.append(_Run(first, count, size, offset))
+        first, offset = first + count, offset + count * size
+    return tuple(runs)
+
+
+def _col_blocks(t: torch.Tensor, run: _Run) -> torch.Tensor:
+    """View ``(rows, dim)`` -> ``(count, rows, size)``: the run's column blocks, no copy."""
+    return t[:, run.offset : run.offset + run.count * run.size].unflatten(1, (run.count, run.size)).transpose(0, 1)
+
+
+def _row_blocks(t: torch.Tensor, run: _Run) -> torch.Tensor:
+    """View ``(dim, cols)`` -> ``(count, size, cols)``: the run's row blocks, no copy."""
+    return t[run.offset : run.offset + run.count * run.size].unflatten(0, (run.count, run.size))
+
+
+class _BoRAMatmul(torch.autograd.Function):
+    """``y = x ΔW^T`` for ``x (N, n)`` as strided batched matmuls; backward saves only ``(b, r, N)`` tensors.
+
+    Forward, with ``z_j = A_j x_j^T`` and ``u_i = Σ_j diag(σ_ij) z_j`` (both ``(r, N)`` per block):
+
+    1. project: one ``bmm`` per run of equal column blocks, ``(count, r, n_j) @ (count, n_j, N)``,
+       reading ``x``'s blocks in place (strided views) into ``zt (b, r, N)``;
+    2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r``;
+    3. lift: one ``bmm`` per run of row blocks, written through ``out=`` straight into the
+       column blocks of ``y (N, m)`` (no transpose copy, no concatenation).
+
+    Every product is an ``out=`` BLAS call on views, so ``x`` and ``y`` are never copied and the
+    dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward applies
+    the transposed steps in reverse order the same way. Uneven splits are at most two runs, so
+    they cost two ``bmm`` calls per step instead of one. First-order differentiable only.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
+        zt = x.new_empty(b, r, N)  # zt[j] = A_j @ x_j^T
+        for run in _runs(n, b):
+            # (count, r, n_j) @ (count, n_j, N) -> (count, r, N)
+            torch.bmm(_col_blocks(A, run), _col_blocks(x, run).transpose(1, 2), out=zt[run.first : run.first + run.count])
+        sigma_k = sigma.permute(2, 0, 1).contiguous()  # (r, b, b): sigma_k[k] = sigma[:, :, k]
+        ut = x.new_empty(r, b, N)
+        torch.bmm(sigma_k, zt.transpose(0, 1), out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[j, k]
+        y = x.new_empty(N, m)
+        for run in _runs(m, b):
+            # (count, N, r) @ (count, r, m_i) -> the column blocks of y, (count, N, m_i)
+            u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
+            torch.bmm(u_blocks, _row_blocks(B, run).transpose(1, 2), out=_col_blocks(y, run))
+        ctx.save_for_backward(x, B, A, sigma_k, zt, ut)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, B, A, sigma_k, zt, ut = ctx.saved_tensors
+        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
+        (N, n), (m, r), b = x.shape, B.shape, zt.shape[0]
+        gx = gB = gA = gsigma = None
+
+        gut = gy.new_empty(r, b, N)  # d loss / d ut
+        for run in _runs(m, b):
+            # (count, r, m_i) @ (count, m_i, N) -> (count, r, N)
+            out = gut[:, run.first : run.first + run.count].transpose(0, 1)
+            torch.bmm(_row_blocks(B, run).transpose(1, 2), _col_blocks(gy, run).transpose(1, 2), out=out)
+        if need_B:
+            gB = gy.new_empty(m, r)
+            for run in _runs(m, b):
+                # (count, m_i, N) @ (count, N, r) -> (count, m_i, r)
+                u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
+                torch.bmm(_col_blocks(gy, run).transpose(1, 2), u_blocks, out=_row_blocks(gB, run))
+        if need_sigma:
+            gsigma_k = gy.new_empty(r, b, b)
+            torch.bmm(gut, zt.permute(1, 2, 0), out=gsigma_k)  # (r, b, N) @ (r, N, b)
+            gsigma = gsigma_k.permute(1, 2, 0).contiguous()  # (b, b, r)
+        if need_x or need_A:
+            gzt = gy.new_empty(r, b, N)
+            torch.bmm(sigma_k.transpose(1, 2), gut, out=gzt)  # gzt[k, j] = sum_i sigma[i, j, k] * gut[k, i]
+            runs = _runs(n, b)
+            gz_blocks = [gzt[:, run.first : run.first + run.count].transpose(0, 1) for run in runs]  # (count, r, N)
+            if need_x:
+                gx = gy.new_empty(N, n)
+                for run, gz in zip(runs, gz_blocks):
+                    # (count, N, r) @ (count, r, n_j) -> the column blocks of gx
+                    torch.bmm(gz.transpose(1, 2), _col_blocks(A, run), out=_col_blocks(gx, run))
+            if need_A:
+                gA = gy.new_empty(r, n)
+                for run, gz in zip(runs, gz_blocks):
+                    # (count, r, N) @ (count, N, n_j) -> the column blocks of gA
+                    torch.bmm(gz, _col_blocks(x, run), out=_col_blocks(gA, run))
+        return gx, gB, gA, gsigma

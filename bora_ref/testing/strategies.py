@@ -1,14 +1,24 @@
-"""Hypothesis strategies for valid BoRA shapes and factors, for property tests.
+"""Hypothesis strategies for valid BoRA shapes, factors and inputs, for property tests in any project.
 
 Shapes use DESIGN.md's names: ``(m, n, r, b)`` with ``B (m, r)``, ``A (r, n)``,
 ``sigma (b, b, r)``, ``x (..., n)`` and ``1 <= b <= min(m, n)``.
 
+- :func:`shapes`: valid ``(m, n, r, b)``, optionally only even or only uneven splits;
+- :func:`factors`: ``(B, A, sigma)`` as NumPy arrays or torch tensors of a chosen dtype, either
+  Gaussian from a drawn seed (generic: attains every rank bound) or drawn element by element
+  (``elements=float_elements()``: hypothesis shrinks them to simple values);
+- :func:`bora_inputs`: complete ``(x, B, A, sigma)``;
+- :func:`oracle_cases`: :class:`~bora_ref.testing.OracleCase` objects, to drive
+  :func:`~bora_ref.testing.check_implementation` from hypothesis.
+
 Example:
     >>> from hypothesis import given
+    >>> from bora_ref import numpy_ref
     >>> from bora_ref.testing import strategies as bst
-    >>> @given(bst.bora_inputs())
+    >>> @given(bst.bora_inputs(backend="torch", dtype=torch.float64))
     ... def test_my_kernel(inputs):
     ...     x, B, A, sigma = inputs
+    ...     expected = numpy_ref.bora_matmul(*(t.numpy() for t in inputs))
     ...     ...
 """
 
@@ -19,8 +29,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
-__all__ = ["BoRAShape", "shapes", "factors", "bora_inputs"]
+from .._validation import BoRAValueError
+from .cases import FACTOR_KINDS, LAYOUTS, OracleCase
+
+__all__ = ["BoRAShape", "shapes", "float_elements", "factors", "bora_inputs", "oracle_cases"]
 
 
 class BoRAShape(NamedTuple):
@@ -61,8 +75,20 @@ def shapes(
     return BoRAShape(m, n, r, b)
 
 
+def float_elements(max_abs: float = 4.0) -> st.SearchStrategy[float]:
+    """Finite floats in ``[-max_abs, max_abs]`` (no NaN, infinity or subnormals), for ``elements=``."""
+    return st.floats(-max_abs, max_abs, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+
+
 def _gaussian(seed: int, shape: tuple[int, ...], scale: float) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def _array(draw: Any, shape: tuple[int, ...], seed: int, scale: float, elements: st.SearchStrategy[float] | None) -> np.ndarray:
+    """A float64 array: Gaussian from ``seed`` or, with ``elements``, drawn entry by entry."""
+    if elements is None:
+        return _gaussian(seed, shape, scale)
+    return draw(arrays(np.float64, shape, elements=elements))
 
 
 @st.composite
@@ -73,28 +99,45 @@ def factors(
     backend: str = "numpy",
     dtype: Any = np.float64,
     scale: float = 1.0,
+    elements: st.SearchStrategy[float] | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[Any, Any, Any]:
-    """``(B, A, sigma)`` with Gaussian entries from a drawn seed (generic, full-rank with probability 1).
+    """``(B, A, sigma)`` of shapes ``(m, r)``, ``(r, n)``, ``(b, b, r)``.
+
+    By default the entries are Gaussian from a drawn seed (generic: full rank with probability 1);
+    with ``elements`` every entry is drawn from that strategy, so hypothesis can shrink a failure to
+    small, simple values.
 
     Args:
         shape: a fixed :class:`BoRAShape`; drawn from :func:`shapes` when ``None``.
         backend: ``"numpy"`` or ``"torch"``.
         dtype: a NumPy dtype (``backend="numpy"``) or torch dtype (``"torch"``); values are drawn
             in float64 and rounded to it.
-        scale: standard deviation of the entries.
+        scale: standard deviation of the Gaussian entries (ignored with ``elements``).
+        elements: ``None`` or a strategy of floats, e.g. :func:`float_elements`.
+        device: torch device of the tensors (``backend="torch"`` only; default CPU).
+
+    Raises:
+        BoRAValueError: an unknown ``backend``, or ``device`` with ``backend="numpy"``.
     """
     m, n, r, b = shape if shape is not None else draw(shapes())
-    seed = draw(st.integers(0, 2**32 - 1), label="seed")
-    arrays = (_gaussian(seed, (m, r), scale), _gaussian(seed + 1, (r, n), scale), _gaussian(seed + 2, (b, b, r), scale))
-    return tuple(_convert(a, backend, dtype) for a in arrays)  # type: ignore[return-value]
+    seed = draw(st.integers(0, 2**32 - 1), label="seed") if elements is None else 0
+    arrays_ = (
+        _array(draw, (m, r), seed, scale, elements),
+        _array(draw, (r, n), seed + 1, scale, elements),
+        _array(draw, (b, b, r), seed + 2, scale, elements),
+    )
+    return tuple(_convert(a, backend, dtype, device) for a in arrays_)  # type: ignore[return-value]
 
 
-def _convert(a: np.ndarray, backend: str, dtype: Any) -> Any:
+def _convert(a: np.ndarray, backend: str, dtype: Any, device: str | torch.device | None) -> Any:
     if backend == "numpy":
+        if device is not None:
+            raise BoRAValueError(f"device is only for backend='torch', got device={device!r} with backend='numpy'")
         return a.astype(dtype)
     if backend == "torch":
-        return torch.from_numpy(a).to(dtype)
-    raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        return torch.from_numpy(a).to(dtype=dtype, device=device)
+    raise BoRAValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
 
 
 @st.composite
@@ -105,11 +148,38 @@ def bora_inputs(
     backend: str = "numpy",
     dtype: Any = np.float64,
     max_batch_dims: int = 2,
+    elements: st.SearchStrategy[float] | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """Complete ``(x, B, A, sigma)`` inputs; ``x`` has 1 to ``max_batch_dims + 1`` dimensions ``(..., n)``."""
+    """Complete ``(x, B, A, sigma)``: ``x (..., n)`` with 0 to ``max_batch_dims`` leading dimensions.
+
+    Args:
+        shape, backend, dtype, elements, device: as in :func:`factors` (``x`` is Gaussian with
+            standard deviation 1, or drawn from ``elements``).
+        max_batch_dims: most leading dimensions of ``x``, each of size 1 to 4.
+
+    Raises:
+        BoRAValueError: as :func:`factors`.
+    """
     shape = shape if shape is not None else draw(shapes())
-    B, A, sigma = draw(factors(shape, backend=backend, dtype=dtype))
+    B, A, sigma = draw(factors(shape, backend=backend, dtype=dtype, elements=elements, device=device))
     lead = tuple(draw(st.lists(st.integers(1, 4), max_size=max_batch_dims), label="lead"))
-    seed = draw(st.integers(0, 2**32 - 1), label="x_seed")
-    x = _convert(_gaussian(seed, lead + (shape.n,), 1.0), backend, dtype)
+    seed = draw(st.integers(0, 2**32 - 1), label="x_seed") if elements is None else 0
+    x = _convert(_array(draw, lead + (shape.n,), seed, 1.0, elements), backend, dtype, device)
     return x, B, A, sigma
+
+
+@st.composite
+def oracle_cases(draw: Any, *, max_dim: int = 24, max_r: int = 8, max_batch_dims: int = 2) -> OracleCase:
+    """An :class:`~bora_ref.testing.OracleCase` with drawn shape, leading dimensions, layout and factor kind.
+
+    Example:
+        >>> @given(bst.oracle_cases())
+        ... def test_my_kernel_on_drawn_cases(case):
+        ...     check_implementation(my_kernel, cases=[case])
+    """
+    m, n, r, b = draw(shapes(max_dim=max_dim, max_r=max_r))
+    lead = tuple(draw(st.lists(st.integers(0, 4), max_size=max_batch_dims), label="lead"))
+    layout = draw(st.sampled_from(LAYOUTS), label="layout")
+    kind = draw(st.sampled_from(FACTOR_KINDS), label="factors")
+    return OracleCase(f"drawn-{m}x{n}-r{r}-b{b}", m, n, r, b, lead=lead, layout=layout, factors=kind)

@@ -1,0 +1,96 @@
+"""Private helpers of the rank analysis: NumPy/torch input to float64, and dtype constants.
+
+The analysis accepts NumPy arrays and torch tensors of any real floating dtype on any device.
+Everything is computed on the CPU in float64, so the first step is always a float64 NumPy copy;
+the input's dtype is kept alongside, because the tolerance policy depends on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._validation import BoRAValueError
+
+__all__ = ["as_float64", "storage_dtype_name", "unit_roundoff", "smallest_normal", "dtype_eps"]
+
+# Floating dtypes the tolerance policy knows, by canonical name. torch's finfo covers all four
+# (NumPy has no bfloat16), so every dtype is resolved to its torch twin for machine constants.
+_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+_ALIASES = {"half": "float16", "float": "float32", "single": "float32", "double": "float64"}
+
+
+def as_float64(name: str, value: Any, *, ndim: int | None = None) -> tuple[np.ndarray, str]:
+    """A float64 NumPy copy of ``value`` (moved to the CPU) and the canonical name of its dtype.
+
+    Args:
+        name: the argument's name, used in error messages.
+        value: a NumPy array or torch tensor of a real floating dtype (any device).
+        ndim: required number of dimensions (then the array must also be non-empty), or ``None``.
+
+    Raises:
+        ValueError: not an array, not a real floating dtype, wrong ``ndim``, empty, or non-finite.
+    """
+    if isinstance(value, torch.Tensor):
+        if not value.dtype.is_floating_point:
+            raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
+        dtype = storage_dtype_name(value.dtype)
+        arr = value.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.floating):
+            raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
+        dtype = storage_dtype_name(value.dtype)
+        arr = value.astype(np.float64)  # always a copy: callers may not mutate the input
+    else:
+        raise BoRAValueError(f"{name} must be a numpy.ndarray or torch.Tensor, got {type(value).__name__}")
+    if ndim is not None and (arr.ndim != ndim or arr.size == 0):
+        kind = {1: "vector", 2: "matrix"}.get(ndim, "array")
+        raise BoRAValueError(f"{name} must be a non-empty {ndim}-D {kind}, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise BoRAValueError(f"{name} contains NaN or infinity; all its values must be finite")
+    return arr, dtype
+
+
+def storage_dtype_name(dtype: Any, *, name: str = "storage_dtype") -> str:
+    """Canonical name (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``) of a dtype.
+
+    Accepts a torch dtype, a NumPy dtype or scalar type, or one of those names (or ``"half"``,
+    ``"float"``, ``"single"``, ``"double"``).
+
+    Raises:
+        ValueError: anything that is not one of the four real floating dtypes.
+    """
+    if isinstance(dtype, torch.dtype):
+        key = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        key = _ALIASES.get(dtype, dtype)
+    else:
+        try:
+            key = np.dtype(dtype).name
+        except TypeError:
+            key = None
+    if key not in _DTYPES:
+        raise BoRAValueError(f"{name} must be one of {tuple(_DTYPES)} (or the torch/NumPy dtype), got {dtype!r}")
+    return key  # type: ignore[return-value]
+
+
+def dtype_eps(dtype: str) -> float:
+    """Machine epsilon (spacing of floats at 1.0) of a canonical dtype name."""
+    return float(torch.finfo(_DTYPES[dtype]).eps)
+
+
+def unit_roundoff(dtype: str) -> float:
+    """Unit roundoff ``u = eps / 2``: the largest relative error of rounding to nearest."""
+    return dtype_eps(dtype) / 2
+
+
+def smallest_normal(dtype: str) -> float:
+    """Smallest positive normal number; below it rounding error is absolute (``<= smallest_normal * u``)."""
+    return float(torch.finfo(_DTYPES[dtype]).smallest_normal)

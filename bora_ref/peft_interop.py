@@ -1,0 +1,306 @@
+"""Convert between Hugging Face PEFT LoRA adapters and BoRA layers.
+
+LoRA is BoRA with $\\Sigma \\equiv 1$ (DESIGN.md fact 1), so a trained LoRA adapter becomes a
+BoRA adapter with unchanged outputs: copy ``A (r, n)`` and ``B (m, r)``, keep ``r``, ``alpha``
+and ``rslora``, and set the raw ``sigma (b, b, r)`` so that
+:meth:`~bora_ref.BoRALinear.effective_sigma` is exactly one (``σ = 0`` under ``"exp_norm"``,
+``σ = 1`` under ``"raw"``). Training then goes on as BoRA.
+
+The way back is exact only when Σ is *separable*, $\\Sigma_{ij} = u_i \\odot v_j$ for vectors
+$u_i, v_j \\in \\mathbb{R}^r$ (DESIGN.md fact 3; every Σ is separable when ``b = 1``). Then
+
+$$\\Delta W_{[i,j]} = B_i\\,\\mathrm{diag}(u_i)\\,\\mathrm{diag}(v_j)\\,A_j
+  = B'_i A'_j, \\qquad B'_i = B_i\\,\\mathrm{diag}(u_i), \\quad A'_j = \\mathrm{diag}(v_j)\\,A_j,$$
+
+a LoRA update of rank ``r``. For any other Σ, ``rank(ΔW)`` can reach
+``rank_bound(m, n, r, b) > r`` and no rank-``r`` LoRA represents it, so the conversion refuses.
+
+PEFT is optional (``pip install 'bora-ref[peft]'``) and imported only inside these functions.
+Besides PEFT's public ``LoraConfig``, ``get_peft_model`` and ``PeftModel``, this module reads
+attributes of PEFT's LoRA layers (``r``, ``lora_alpha``, ``scaling``, ``use_rslora``,
+``lora_dropout``, ``lora_variant``, ``lora_bias``) and the wrapper classes ``BaseTuner``,
+``BaseTunerLayer`` and ``AuxiliaryTrainingWrapper``: PEFT internals, checked against PEFT 0.21.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._validation import BoRAValueError, check_choice, check_positive_float
+from .inject import apply_bora
+from .layer import SIGMA_PARAMS, BoRALinear
+from .partition import block_slices
+from .rank import rank_bound
+
+__all__ = ["bora_from_peft", "bora_to_peft", "lora_factors"]
+
+
+def _exact_names_regex(names: list[str]) -> str:
+    """A ``target_modules`` regex (``re.fullmatch``, as apply_bora and PEFT use it) matching exactly ``names``."""
+    return "|".join(re.escape(name) for name in names)
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:  # pragma: no cover - CI installs the extra
+        raise ImportError("bora_ref.peft_interop needs PEFT: pip install 'bora-ref[peft]'") from None
+    return peft
+
+
+def _lora_spec(name: str, layer: Any, adapter_name: str | None, b: Any, sigma_param: str) -> dict[str, Any]:
+    """Read one PEFT LoRA layer's adapter and check that BoRA can represent it exactly (pure)."""
+    adapters = sorted(layer.lora_A.keys())
+    if adapter_name is None:
+        if len(adapters) != 1:
+            raise BoRAValueError(f"PEFT layer {name!r} has adapters {adapters}; pass adapter_name= to choose one")
+        key = adapters[0]
+    elif adapter_name not in adapters:
+        raise BoRAValueError(f"adapter_name={adapter_name!r} is not an adapter of PEFT layer {name!r} (it has {adapters})")
+    else:
+        key = adapter_name
+    if layer.merged:
+        raise BoRAValueError(f"PEFT layer {name!r} is merged; call unmerge_adapter() before converting")
+    if layer.disable_adapters:
+        raise BoRAValueError(f"PEFT layer {name!r} has its adapters disabled; enable them before converting")
+    if getattr(layer, "lora_variant", {}).get(key) is not None or getattr(layer, "use_dora", {}).get(key, False):
+        raise BoRAValueError(f"PEFT layer {name!r} uses a LoRA variant (e.g. DoRA) for {key!r}; only plain LoRA converts")
+    if getattr(layer, "lora_bias", {}).get(key, False):
+        raise BoRAValueError(f"PEFT layer {name!r} has lora_bias=True for {key!r}; BoRA has no bias on lora_B")
+    base = layer.base_layer
+    if type(base) is not nn.Linear:
+        raise BoRAValueError(f"PEFT layer {name!r} wraps a {type(base).__name__}; only LoRA on torch.nn.Linear converts")
+
+    r = int(layer.r[key])
+    rslora = bool(layer.use_rslora.get(key, False))
+    denom = math.sqrt(r) if rslora else r
+    alpha = float(layer.lora_alpha[key])
+    scaling = float(layer.scaling[key])
+    if alpha / denom != scaling:  # PEFT's set_scale()/scale_layer() changed it: keep the output, not the name
+        alpha = scaling * denom
+    drop = layer.lora_dropout[key]
+    dropout = drop.p if isinstance(drop, nn.Dropout) else 0.0
+    try:
+        BoRALinear._check_config(base.out_features, base.in_features, r, b, alpha, rslora, sigma_param, dropout)
+    except BoRAValueError as exc:
+        raise BoRAValueError(f"cannot convert PEFT layer {name!r} ({base.out_features}x{base.in_features}): {exc}") from None
+    return {
+        "base": base, "A": layer.lora_A[key].weight, "B": layer.lora_B[key].weight,
+        "group": (r, alpha, rslora, dropout, layer.lora_A[key].weight.dtype), "key": key,
+    }
+
+
+def bora_from_peft(
+    model: nn.Module, *, b: int, sigma_param: str = "exp_norm", adapter_name: str | None = None
+) -> nn.Module:
+    """Turn every PEFT LoRA layer of ``model`` into a :class:`~bora_ref.BoRALinear` with Σ = 1.
+
+    Each layer keeps its base ``nn.Linear`` (shared, frozen), ``A (r, n)``, ``B (m, r)``, ``r``,
+    ``rslora``, dropout and scaling, and gets ``sigma (b, b, r)`` with effective value one, so
+    $y = \\text{base}(x) + s\\, x\\,(BA)^T$ is unchanged (to rounding) and training continues as
+    BoRA. A ``modules_to_save`` copy (e.g. a classification head) replaces its original and
+    stays trainable; every other parameter is frozen, as :func:`~bora_ref.apply_bora` does.
+
+    Args:
+        model: a ``PeftModel``, a ``LoraModel`` or a plain module containing PEFT LoRA layers.
+        b: blocks per side for every layer, ``1 <= b <= min(m, n)`` of each layer.
+        sigma_param: ``"exp_norm"`` (raw σ set to 0) or ``"raw"`` (σ set to 1).
+        adapter_name: which PEFT adapter to convert; ``None`` requires exactly one. Other
+            adapters of the layers are dropped.
+
+    Returns:
+        The underlying model (``PeftModel.get_base_model()``), modified in place; the PEFT
+        wrapper must not be used afterwards.
+
+    Raises:
+        ValueError: no PEFT LoRA layer; a layer that is merged, disabled, uses DoRA or another
+            variant or ``lora_bias``, wraps something other than ``nn.Linear``, or lacks
+            ``adapter_name``; a PEFT wrapper other than LoRA or ``modules_to_save``; or ``b`` /
+            ``sigma_param`` invalid for some layer. All checks run first: on error nothing changes.
+    """
+    if not isinstance(model, nn.Module):
+        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    sigma_param = check_choice("sigma_param", sigma_param, SIGMA_PARAMS)
+    _peft()
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+    inner = model.base_model if isinstance(model, PeftModel) else model
+    inner = inner.model if isinstance(inner, BaseTuner) else inner
+
+    specs: dict[str, dict[str, Any]] = {}
+    saved: dict[str, nn.Module] = {}  # name -> the trained modules_to_save copy that replaces the wrapper
+    for name, module in inner.named_modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            key = adapter_name if adapter_name is not None else module.active_adapters[0]
+            if key not in module.modules_to_save:
+                raise BoRAValueError(f"modules_to_save wrapper {name!r} has no adapter {key!r}")
+            saved[name] = module.modules_to_save[key]
+        elif isinstance(module, AuxiliaryTrainingWrapper) or (
+            isinstance(module, BaseTunerLayer) and not isinstance(module, LoraLinear)
+        ):
+            raise BoRAValueError(f"{name!r} is a PEFT {type(module).__name__}; only LoRA on nn.Linear and modules_to_save convert")
+        elif isinstance(module, LoraLinear):
+            specs[name] = _lora_spec(name, module, adapter_name, b, sigma_param)
+    if not specs:
+        raise BoRAValueError(f"model ({type(model).__name__}) has no PEFT LoRA layers to convert")
+
+    # All checks passed: unwrap (the PEFT layers' base Linears and saved copies go back in place) ...
+    for name, module in [(n, s["base"]) for n, s in specs.items()] + list(saved.items()):
+        parent_name, _, child = name.rpartition(".")
+        setattr(inner.get_submodule(parent_name) if parent_name else inner, child, module)
+    # ... then let apply_bora build the layers and freeze everything else, one call per layer config.
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for name, spec in specs.items():
+        groups.setdefault(spec["group"], []).append(name)
+    for (r, alpha, rslora, dropout, dtype), names in groups.items():
+        apply_bora(inner, target_modules=_exact_names_regex(names), r=r, b=b, alpha=alpha, rslora=rslora,
+                   sigma_param=sigma_param, dropout=dropout, adapter_dtype=dtype)
+    with torch.no_grad():
+        for name, spec in specs.items():
+            layer = inner.get_submodule(name)
+            layer.lora_A.copy_(spec["A"])
+            layer.lora_B.copy_(spec["B"])
+            layer.sigma.fill_(0.0 if sigma_param == "exp_norm" else 1.0)  # effective Σ = 1 exactly
+    for module in saved.values():
+        module.requires_grad_(True)
+    if hasattr(inner, "peft_config"):  # PEFT's unload() drops it too: no LoRA layer is left
+        delattr(inner, "peft_config")
+    return inner
+
+
+def _separate(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-one split of each ``sigma[:, :, k]`` (``(b, b)``) as ``outer(u[:, k], v[:, k])``.
+
+    Pivots on the entry of largest magnitude (a rank-one skeleton): ``u`` is the pivot's column,
+    ``v`` its row divided by the pivot. Σ ≡ 1 gives ``u = v = 1`` and ``b = 1`` gives
+    ``u = Σ, v = 1``, both exactly. Returns ``u (b, r)``, ``v (b, r)`` and the relative residual ``(r,)``.
+    """
+    b, _, r = sigma.shape
+    ks = torch.arange(r)
+    flat_idx = sigma.abs().reshape(b * b, r).argmax(dim=0)  # (r,)
+    i_star, j_star = flat_idx // b, flat_idx % b
+    pivot = sigma[i_star, j_star, ks]  # (r,)
+    dead = pivot == 0  # an all-zero Σ[:, :, k]: the component contributes nothing
+    safe = torch.where(dead, torch.ones_like(pivot), pivot)
+    u = torch.where(dead, torch.zeros_like(pivot), sigma[:, j_star, ks])  # (b, r)
+    v = torch.where(dead, torch.ones_like(pivot), sigma[i_star, :, ks].T / safe)  # (r, b).T -> (b, r)
+    residual = (sigma - u[:, None, :] * v[None, :, :]).abs().amax(dim=(0, 1)) / safe.abs()  # (r,)
+    return u, v, residual
+
+
+def lora_factors(layer: BoRALinear, *, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors ``(B', A')`` of a BoRA layer whose Σ is separable: ``scaling * B' @ A' = delta_weight()``.
+
+    With $\\Sigma_{ij} = u_i \\odot v_j$: $B'_i = B_i\\,\\mathrm{diag}(u_i)$, $A'_j = \\mathrm{diag}(v_j)\\,A_j$
+    (computed in float64, returned in the adapter dtype).
+
+    Args:
+        layer: a :class:`~bora_ref.BoRALinear` (``lora_B (m, r)``, ``lora_A (r, n)``, Σ ``(b, b, r)``).
+        rtol: largest accepted ``max|Σ_k - u_k v_k^T| / max|Σ_k|`` for each rank component ``k``;
+            default ``8 * eps`` of the adapter dtype.
+
+    Returns:
+        ``B' (m, r)`` and ``A' (r, n)``, detached, in ``lora_A``'s dtype and device.
+
+    Raises:
+        ValueError: ``layer`` is not a ``BoRALinear``, ``rtol`` is not positive, or Σ is not
+            separable within ``rtol`` (then ``rank(ΔW)`` may exceed ``r``: no LoRA of rank ``r`` is exact).
+    """
+    if not isinstance(layer, BoRALinear):
+        raise BoRAValueError(f"layer must be a BoRALinear, got {type(layer).__name__}")
+    dtype = layer.lora_A.dtype
+    rtol = 8 * torch.finfo(dtype).eps if rtol is None else check_positive_float("rtol", rtol)
+    with torch.no_grad():
+        sigma = layer.effective_sigma().double()  # (b, b, r)
+        u, v, residual = _separate(sigma)
+        worst = int(residual.argmax())
+        if float(residual[worst]) > rtol:
+            bound = rank_bound(layer.out_features, layer.in_features, layer.r, layer.b)
+            raise BoRAValueError(
+                f"effective sigma is not separable (Σ_ij = u_i * v_j): rank component k={worst} has relative "
+                f"residual {float(residual[worst]):.3g} > rtol={rtol:.3g}; with b={layer.b} the update can reach rank "
+                f"{bound} > r={layer.r}, which no rank-{layer.r} LoRA represents (merge it with merge_and_unload instead)"
+            )
+        B, A = layer.lora_B.double(), layer.lora_A.double()  # (m, r), (r, n)
+        rows = block_slices(layer.out_features, layer.b)
+        cols = block_slices(layer.in_features, layer.b)
+        B_new = torch.cat([B[rows[i]] * u[i] for i in range(layer.b)], dim=0)  # B_i diag(u_i): (m, r)
+        A_new = torch.cat([v[j][:, None] * A[:, cols[j]] for j in range(layer.b)], dim=1)  # diag(v_j) A_j: (r, n)
+    return B_new.to(dtype), A_new.to(dtype)
+
+
+def bora_to_peft(
+    model: nn.Module, *, adapter_name: str = "default", rtol: float | None = None,
+    modules_to_save: list[str] | None = None,
+) -> Any:
+    """Turn a model with BoRA layers into a PEFT ``PeftModel`` with LoRA adapters of rank ``r``, where exact.
+
+    Every BoRA layer needs a separable Σ (always true for ``b = 1``; see :func:`lora_factors`);
+    its folded factors go into a LoRA adapter with the same ``r``, ``alpha``, ``rslora`` and
+    dropout, so the outputs agree to rounding. The base ``nn.Linear`` weights are shared.
+
+    Args:
+        model: a module containing :class:`~bora_ref.BoRALinear` layers (none merged), all with
+            the same ``r``, ``alpha``, ``rslora`` and dropout (one ``LoraConfig`` describes them).
+        adapter_name: name of the PEFT adapter to create.
+        rtol: separability tolerance, see :func:`lora_factors`.
+        modules_to_save: forwarded to ``LoraConfig``: modules that stay trainable (e.g. a
+            classification head); ``get_peft_model`` freezes every other non-LoRA parameter.
+
+    Returns:
+        ``peft.PeftModel`` wrapping ``model`` (modified in place: BoRA layers replaced).
+
+    Raises:
+        ValueError: no BoRA layer, a merged layer, layers with different ``r``/``alpha``/
+            ``rslora``/dropout, or a non-separable Σ (the message names the layer). All checks
+            and factorisations run first: on error ``model`` is unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(adapter_name, str) or not adapter_name:
+        raise BoRAValueError(f"adapter_name must be a non-empty str, got {adapter_name!r}")
+    _peft()
+    from peft import LoraConfig, get_peft_model
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
+    if not layers:
+        raise BoRAValueError("model has no BoRALinear layers to convert")
+    configs = {}
+    for name, layer in layers.items():
+        if layer.merged:
+            raise BoRAValueError(f"BoRA layer {name!r} is merged; unmerge it before converting")
+        p = layer.dropout.p if isinstance(layer.dropout, nn.Dropout) else 0.0
+        configs[name] = (layer.r, layer.alpha, layer.rslora, p)
+    if len(set(configs.values())) > 1:
+        raise BoRAValueError(
+            f"BoRA layers differ in (r, alpha, rslora, dropout): {configs}; one LoraConfig cannot describe them"
+        )
+    factors = {}
+    for name, layer in layers.items():
+        try:
+            factors[name] = lora_factors(layer, rtol=rtol)
+        except BoRAValueError as exc:
+            raise BoRAValueError(f"cannot convert BoRA layer {name!r} to LoRA: {exc}") from None
+
+    r, alpha, rslora, dropout = next(iter(configs.values()))
+    for name, layer in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
+    config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, lora_dropout=dropout,
+                        target_modules=_exact_names_regex(list(layers)), bias="none",
+                        modules_to_save=modules_to_save)
+    peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    with torch.no_grad():
+        for name, (B_new, A_new) in factors.items():
+            lora = peft_model.base_model.model.get_submodule(name)
+            lora.lora_A[adapter_name].to(A_new.dtype).weight.copy_(A_new)  # (r, n), adapter dtype kept
+            lora.lora_B[adapter_name].to(B_new.dtype).weight.copy_(B_new)  # (m, r)
+    return peft_model

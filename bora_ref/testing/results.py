@@ -1,0 +1,160 @@
+"""What the oracle hands back: one :class:`Comparison` per checked quantity, an :class:`OracleReport`
+on success, an :class:`OracleFailure` (an ``AssertionError``) on the first failure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..partition import block_sizes
+from .cases import OracleCase
+
+__all__ = ["Comparison", "OracleReport", "OracleFailure", "dtype_name", "describe_case"]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16 -> "bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def describe_case(case: OracleCase) -> str:
+    """Shapes, blocks, layout and factor kind of a case, as one line for messages."""
+    m, n, r, b = case.m, case.n, case.r, case.b
+    return (
+        f"x {case.x_shape}, B ({m}, {r}), A ({r}, {n}), sigma ({b}, {b}, {r}) -> y {case.y_shape}; "
+        f"m={m}, n={n}, r={r}, b={b}, row blocks {block_sizes(m, b)}, column blocks {block_sizes(n, b)}; "
+        f"layout {case.layout}, factors {case.factors}"
+    )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One quantity (``"y"`` or a gradient) of one case in one dtype, against the float64 truth.
+
+    Attributes:
+        case: the case.
+        dtype: the dtype the implementation ran in.
+        quantity: ``"y"``, ``"grad x"``, ``"grad B"``, ``"grad A"`` or ``"grad sigma"``.
+        max_abs_error: ``max |implementation - truth|`` over the whole tensor (NaN/inf if the
+            implementation produced them).
+        max_abs_truth: ``max |truth|``.
+        naive_error: ``max |baseline - truth|`` of the naive same-dtype torch baseline (``None`` in
+            float64, whose tolerance is relative).
+        tolerance: the allowed ``max_abs_error`` (see :func:`bora_ref.testing.check_implementation`).
+        rule: how ``tolerance`` was computed, in words with numbers.
+        index: where the largest error is (``()`` for an empty tensor).
+        got_value: the implementation's value there.
+        true_value: the truth there.
+    """
+
+    case: OracleCase
+    dtype: torch.dtype
+    quantity: str
+    max_abs_error: float
+    max_abs_truth: float
+    naive_error: float | None
+    tolerance: float
+    rule: str
+    index: tuple[int, ...]
+    got_value: float
+    true_value: float
+
+    @property
+    def relative_error(self) -> float:
+        """``max_abs_error / max_abs_truth`` (0 when both are 0, inf when only the truth is 0)."""
+        return _ratio(self.max_abs_error, self.max_abs_truth)
+
+    @property
+    def ratio(self) -> float:
+        """``max_abs_error / tolerance``: at most 1 passes (0 when both are 0; NaN error gives inf)."""
+        return _ratio(self.max_abs_error, self.tolerance)
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio <= 1.0
+
+
+def _ratio(num: float, den: float) -> float:
+    if math.isnan(num):
+        return math.inf
+    if num == 0.0:
+        return 0.0
+    return num / den if den > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class OracleReport:
+    """Everything :func:`~bora_ref.testing.check_implementation` compared, in order.
+
+    Attributes:
+        comparisons: one per (case, dtype, quantity) checked.
+        device: the device the implementation ran on.
+        grad: whether gradients were checked.
+        seed: the seed of the inputs.
+    """
+
+    comparisons: tuple[Comparison, ...]
+    device: str
+    grad: bool
+    seed: int
+    _rows: list[tuple[OracleCase, torch.dtype]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rows: list[tuple[OracleCase, torch.dtype]] = []
+        for c in self.comparisons:
+            if (c.case, c.dtype) not in rows:
+                rows.append((c.case, c.dtype))
+        object.__setattr__(self, "_rows", rows)
+
+    @property
+    def cases_run(self) -> int:
+        """Number of (case, dtype) pairs checked."""
+        return len(self._rows)
+
+    @property
+    def worst_ratio(self) -> dict[torch.dtype, float]:
+        """Per dtype, the largest ``error / tolerance`` over all cases and quantities (at most 1 passes)."""
+        worst: dict[torch.dtype, float] = {}
+        for c in self.comparisons:
+            worst[c.dtype] = max(worst.get(c.dtype, 0.0), c.ratio)
+        return worst
+
+    def table(self) -> str:
+        """One line per (case, dtype): shapes, the quantity closest to its tolerance, error, ratio."""
+        lines = [
+            f"{'case':<18} {'dtype':<9} {'m':>4} {'n':>4} {'r':>3} {'b':>3} {'x shape':<11} "
+            f"{'worst':<10} {'max abs err':>11} {'tolerance':>10} {'ratio':>7}  result"
+        ]
+        for case, dtype in self._rows:
+            mine = [c for c in self.comparisons if c.case == case and c.dtype == dtype]
+            worst = max(mine, key=lambda c: c.ratio)
+            lines.append(
+                f"{case.name:<18} {dtype_name(dtype):<9} {case.m:>4} {case.n:>4} {case.r:>3} {case.b:>3} "
+                f"{str(case.x_shape):<11} {worst.quantity:<10} {worst.max_abs_error:>11.2e} "
+                f"{worst.tolerance:>10.2e} {worst.ratio:>7.3f}  {'ok' if all(c.passed for c in mine) else 'FAIL'}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        worst = ", ".join(f"{dtype_name(d)} {v:.3f}" for d, v in self.worst_ratio.items())
+        what = "outputs and gradients" if self.grad else "outputs"
+        return (f"{self.cases_run} case/dtype runs passed on {self.device} ({what}, seed {self.seed}); "
+                f"worst error/tolerance: {worst}")
+
+
+class OracleFailure(AssertionError):
+    """The first failing case. ``str(exc)`` says what failed and how to replay it.
+
+    Attributes:
+        case: the failing case.
+        dtype: its dtype.
+        report: the comparisons made before (and including) the failure.
+    """
+
+    def __init__(self, message: str, case: OracleCase, dtype: torch.dtype, report: OracleReport) -> None:
+        super().__init__(message)
+        self.case = case
+        self.dtype = dtype
+        self.report = report

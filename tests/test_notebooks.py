@@ -1,0 +1,115 @@
+"""Execute every ``notebooks/*.ipynb`` headless: the notebooks check their claims with ``assert``.
+
+Each notebook runs in a fresh kernel on the interpreter running the tests, with cwd
+``notebooks/``, ``BORA_SMOKE=1`` (notebooks that train use their short setting) and
+``HF_HUB_OFFLINE=1`` (nothing may be downloaded). A failing cell fails the test with the
+cell's traceback. New notebooks are picked up by the glob.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 900  # generous: a shared 2-core CI machine; no cell of ours is near it
+
+
+def current_interpreter_kernel(directory: Path) -> dict[str, str]:
+    """Environment variables that make Jupyter's ``python3`` kernel this interpreter.
+
+    Writes a kernelspec into ``directory`` and returns ``{"JUPYTER_PATH": directory}``;
+    ``JUPYTER_PATH`` comes first in Jupyter's search path, so a ``python3`` kernelspec installed
+    elsewhere (e.g. in the user's home) cannot send the notebooks to another environment.
+    """
+    spec_dir = directory / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (bora_ref tests)",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return {"JUPYTER_PATH": str(directory)}
+
+
+def _docs_execute_ignore() -> list[str]:
+    """mkdocs-jupyter's ``execute_ignore`` patterns from mkdocs.yml (notebooks not run at build)."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # mkdocs.yml may contain tags like !ENV or !!python/name; their values do not matter here.
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)
+    for plugin in config["plugins"]:
+        if isinstance(plugin, dict) and "mkdocs-jupyter" in plugin:
+            return list(plugin["mkdocs-jupyter"].get("execute_ignore", []))
+    raise AssertionError("mkdocs.yml has no mkdocs-jupyter plugin entry")
+
+
+def test_the_tutorial_notebooks_are_found():
+    names = [p.name for p in NOTEBOOKS]
+    assert {"01_bora_from_scratch.ipynb", "02_rank_analysis.ipynb"} <= set(names), names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_states_what_it_shows_and_asserts_it(path):
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), (
+        f"{path.name}: the first cell must be Markdown with a '# ' title saying what the notebook shows"
+    )
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert "assert" in code, f"{path.name} checks none of its claims with assert"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    for name, value in {"BORA_SMOKE": "1", "HF_HUB_OFFLINE": "1", **current_interpreter_kernel(tmp_path)}.items():
+        monkeypatch.setenv(name, value)  # inherited by the kernel process
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
+    client.execute()  # raises CellExecutionError with the failing cell's source and traceback
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_paired_script_is_in_sync(path):
+    """A notebook paired with a jupytext ``py:percent`` script has the same cells as the script."""
+    nb = nbformat.read(path, as_version=4)
+    formats = nb.metadata.get("jupytext", {}).get("formats", "")
+    if "py:percent" not in formats:
+        pytest.skip(f"{path.name} is not paired with a script")
+    script = path.with_suffix(".py")
+    assert script.exists(), f"{path.name} declares a py:percent pair but {script.name} is missing"
+    paired = jupytext.read(script)
+    cells = [(c.cell_type, c.source) for c in nb.cells]
+    script_cells = [(c.cell_type, c.source) for c in paired.cells]
+    assert cells == script_cells, (
+        f"{path.name} and {script.name} differ; run `.venv/bin/jupytext --sync notebooks/{path.name}`"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_run_at_docs_build_carry_no_stale_outputs(path):
+    """The docs execute these notebooks at build time, so committed outputs could only be stale."""
+    if any(fnmatch(str(path), pattern) for pattern in _docs_execute_ignore()):
+        pytest.skip(f"{path.name} is rendered with its committed outputs (mkdocs.yml execute_ignore)")
+    nb = nbformat.read(path, as_version=4)
+    with_outputs = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not with_outputs, (
+        f"{path.name} has outputs in cells {with_outputs}; clear them "
+        f"(`.venv/bin/jupyter nbconvert --clear-output --inplace notebooks/{path.name}`)"
+    )
