@@ -29,7 +29,17 @@ from .layer import BoRALinear
 from .params import ParamCount, param_count
 from .peft_interop import bora_from_peft, bora_to_peft, lora_factors
 from .partition import block_sizes
-from .rank import numerical_rank, rank_bound
+from .rank import (
+    RankInfo,
+    factor_rank,
+    factor_rank_info,
+    layer_rank_info,
+    matrix_rank_info,
+    model_rank_info,
+    numerical_rank,
+    rank_bound,
+)
+from .svd import singular_values, structured_svd
 
 __version__ = "0.1.0"
 
@@ -37,6 +47,7 @@ __all__ = [
     "BoRALinear",
     "BoRAValueError",
     "ParamCount",
+    "RankInfo",
     "__version__",
     "adapter_state_dict",
     "apply_bora",
@@ -44,14 +55,21 @@ __all__ = [
     "bora_from_peft",
     "bora_layers",
     "bora_to_peft",
+    "factor_rank",
+    "factor_rank_info",
+    "layer_rank_info",
     "load_adapter",
     "load_adapter_state_dict",
     "lora_factors",
+    "matrix_rank_info",
     "merge_and_unload",
     "merge_bora",
+    "model_rank_info",
     "numerical_rank",
     "param_count",
     "rank_bound",
     "save_adapter",
+    "singular_values",
+    "structured_svd",
     "unmerge_bora",
 ]

@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 
 
 # Modules that contribute subcommands through ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("bora_ref.report",)
+_SUBCOMMAND_MODULES = ("bora_ref.report", "bora_ref.testing._cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

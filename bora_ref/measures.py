@@ -66,7 +66,8 @@ def effective_rank(S: Any) -> float:
     total = s.sum()
     if total == 0:
         return 0.0
-    p = s[s > 0] / total
+    p = s / total
+    p = p[p > 0]  # 0 log 0 = 0 (also for values that underflow in the division)
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
@@ -91,8 +92,9 @@ def energy_rank(S: Any, tau: float = 0.9) -> int:
 
     $$\\min\\Big\\{k : \\sum_{i \\le k} \\sigma_i^2 \\ge \\tau \\sum_i \\sigma_i^2\\Big\\}$$
 
-    (singular values sorted descending). ``tau = 0.9`` and ``0.99`` are the usual choices;
-    ``tau = 1`` gives the exact rank.
+    (singular values sorted descending; the comparison allows the rounding of the running sum,
+    ``len(S) * eps`` of the total, so exact ties count). ``tau = 0.9`` and ``0.99`` are the usual
+    choices; ``tau = 1`` gives the number of non-zero values.
 
     Args:
         S: ``(k,)`` singular values, non-negative.
@@ -107,7 +109,10 @@ def energy_rank(S: Any, tau: float = 0.9) -> int:
     cumulative = np.cumsum(s**2)  # (k,), its last entry is the total energy
     if cumulative[-1] == 0:
         return 0
-    return int(np.searchsorted(cumulative, float(tau) * cumulative[-1], side="left")) + 1
+    # A running sum of k positive terms is exact to k eps of the total: allow that much, so that
+    # exact ties (k equal values, tau k an integer) are not lost to rounding.
+    target = (float(tau) - len(s) * np.finfo(np.float64).eps) * cumulative[-1]
+    return int(np.searchsorted(cumulative, target, side="left")) + 1
 
 
 def threshold_rank(S: Any, threshold: float = PAPER_THRESHOLD) -> int:

@@ -135,7 +135,7 @@ def model_param_count(model: nn.Module) -> ModelParamCount:
 def equal_budget_lora_rank(m: int, n: int, r: int, b: int) -> int:
     """The largest LoRA rank whose parameters do not exceed BoRA's ``(r, b)`` on an ``(m, n)`` weight.
 
-    $$R_\text{LoRA} = \max\{R : R(m + n) \le r(m + n) + b^2 r\} = r + \lfloor b^2 r / (m + n) \rfloor$$
+    $$R_\\text{LoRA} = \\max\\{R : R(m + n) \\le r(m + n) + b^2 r\\} = r + \\lfloor b^2 r / (m + n) \\rfloor$$
 
     Args:
         m, n, r, b: as in :func:`param_count`.
@@ -176,7 +176,7 @@ def bora_params_for_rank(m: int, n: int, R: int, b: int) -> int:
     Takes the smallest ``r`` with :func:`bora_ref.rank_bound` ``(m, n, r, b) >= R`` and returns
     ``param_count(m, n, r, b).total``; for ``R = b r`` with even splits and ``r <= m/b, n/b``:
 
-    $$r(m + n) + b^2 r = R\Big(\frac{m + n}{b} + b\Big)$$
+    $$r(m + n) + b^2 r = R\\Big(\\frac{m + n}{b} + b\\Big)$$
 
     Args:
         m, n: weight shape. R: target rank, ``1 <= R <= min(m, n)``. b: ``1 <= b <= min(m, n)``.
@@ -200,7 +200,7 @@ def best_b(m: int, n: int) -> int:
     """The ``b`` that minimises BoRA's parameters per unit of rank on an ``(m, n)`` weight.
 
     Per unit of rank BoRA costs $(m + n)/b + b$ (DESIGN.md fact 5), minimised over the reals at
-    $b = \sqrt{m + n}$; this returns the best integer in ``[1, min(m, n)]`` (the smaller on a tie).
+    $b = \\sqrt{m + n}$; this returns the best integer in ``[1, min(m, n)]`` (the smaller on a tie).
 
     Raises:
         ValueError: non-integer or non-positive ``m``, ``n``.

@@ -32,6 +32,7 @@
 #
 # The proofs are on the [Theory and proofs](../../theory/) page (`docs/theory.md`). Shapes, as
 # everywhere in `bora_ref`: `B (m, r)`, `A (r, n)`, `sigma (b, b, r)`, `ΔW (m, n)`.
+# [Download this notebook](01_bora_from_scratch.ipynb).
 
 # %%
 import matplotlib.pyplot as plt

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import bora_ref
-from bora_ref import numpy_ref, testing, torch_ref
+from bora_ref import measures, numpy_ref, params, plots, sweep, testing, torch_ref
 
-from .test_notebooks import current_interpreter_kernel
+from .test_notebooks import KERNEL_ENV, current_interpreter_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 600
@@ -43,9 +43,9 @@ def site(tmp_path_factory) -> Path:
     site_dir = tmp_path_factory.mktemp("site")
     env = {
         **os.environ,
+        **KERNEL_ENV,  # the notebooks executed by the build run as in tests/test_notebooks.py
         **current_interpreter_kernel(tmp_path_factory.mktemp("jupyter")),
-        "HF_HUB_OFFLINE": "1",
-        "NO_MKDOCS_2_WARNING": "1",  # material's banner, not a warning about this site
+        "NO_MKDOCS_2_WARNING": "1",  # material's end-of-life banner, not a warning about this site
     }
     start = time.perf_counter()
     proc = subprocess.run(
@@ -88,8 +88,11 @@ def test_notebooks_are_rendered_with_outputs_from_the_current_code(site):
 
 @pytest.mark.parametrize(
     ("module", "page"),
-    [(bora_ref, "api"), (numpy_ref, "api/numpy_ref"), (torch_ref, "api/torch_ref"), (testing, "api/testing")],
-    ids=["bora_ref", "numpy_ref", "torch_ref", "testing"],
+    [
+        (bora_ref, "api"), (numpy_ref, "api/numpy_ref"), (torch_ref, "api/torch_ref"), (testing, "api/testing"),
+        (params, "api/analysis"), (measures, "api/analysis"), (sweep, "api/analysis"), (plots, "api/analysis"),
+    ],
+    ids=lambda x: x.__name__ if hasattr(x, "__name__") else x,
 )
 def test_api_reference_documents_every_public_name(site, module, page):
     html = _page(site, page)

@@ -98,12 +98,15 @@ def test_merge_and_unmerge_within_float32_tolerance(pretrained, batch):
         y = _embed(model, batch)
         assert (y - _embed(pretrained[0], batch)).abs().max() > 1e-2  # the adapters change the output
         merge_bora(model)
-        # Merging reorders float32 sums through 6 layers of attention: a few 1e-6 relative.
+        # Merging reorders float32 sums through 6 layers of attention (seen: 9e-7 absolute on values of order 1).
         torch.testing.assert_close(_embed(model, batch), y, rtol=1e-4, atol=1e-5)
         unmerge_bora(model)
-        for name, w in weights.items():  # W + ΔW - ΔW: one float32 rounding of |W + ΔW|
-            torch.testing.assert_close(model.get_submodule(name).base.weight, w, rtol=0, atol=2e-7)
-        torch.testing.assert_close(_embed(model, batch), y, rtol=1e-5, atol=1e-6)
+        for name, w in weights.items():
+            layer = model.get_submodule(name)
+            # W + ΔW - ΔW: two float32 roundings, each at most eps/2 of |W| + |ΔW| (seen: 6e-8 absolute)
+            atol = torch.finfo(torch.float32).eps * float((w.abs() + layer.delta_weight().abs()).max())
+            torch.testing.assert_close(layer.base.weight, w, rtol=0, atol=atol)
+        torch.testing.assert_close(_embed(model, batch), y, rtol=1e-4, atol=1e-5)
 
 
 def test_optimizer_steps_change_only_adapter_parameters(pretrained, batch):

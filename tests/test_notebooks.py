@@ -1,8 +1,8 @@
 """Execute every ``notebooks/*.ipynb`` headless: the notebooks check their claims with ``assert``.
 
 Each notebook runs in a fresh kernel on the interpreter running the tests, with cwd
-``notebooks/``, ``BORA_SMOKE=1`` (notebooks that train use their short setting) and
-``HF_HUB_OFFLINE=1`` (nothing may be downloaded). A failing cell fails the test with the
+``notebooks/``, ``BORA_SMOKE=1`` (notebooks that train use their short setting),
+``HF_HUB_OFFLINE=1`` (nothing may be downloaded) and one BLAS thread (see ``KERNEL_ENV``). A failing cell fails the test with the
 cell's traceback. New notebooks are picked up by the glob.
 """
 
@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 900  # generous: a shared 2-core CI machine; no cell of ours is near it
+# What the notebooks run with in CI. One BLAS/OpenMP thread per kernel: `pytest -n 2` already
+# keeps both cores busy, and oversubscribed BLAS threads spin-wait (a 1536x384 SVD measured
+# 0.1 s with one thread and 3 s with two on the loaded machine).
+KERNEL_ENV = {"BORA_SMOKE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def current_interpreter_kernel(directory: Path) -> dict[str, str]:
@@ -76,7 +80,7 @@ def test_notebook_states_what_it_shows_and_asserts_it(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
-    for name, value in {"BORA_SMOKE": "1", "HF_HUB_OFFLINE": "1", **current_interpreter_kernel(tmp_path)}.items():
+    for name, value in {**KERNEL_ENV, **current_interpreter_kernel(tmp_path)}.items():
         monkeypatch.setenv(name, value)  # inherited by the kernel process
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(

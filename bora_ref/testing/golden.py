@@ -67,7 +67,7 @@ def golden_arrays(case: OracleCase, dtype: torch.dtype, seed: int = GOLDEN_SEED)
     """Inputs (in ``dtype``, as NumPy) and float64 truth for one case; what a golden file holds.
 
     Raises:
-        BoRAValueError: ``dtype`` is bfloat16 or float16 has no NumPy twin (bfloat16), or as
+        BoRAValueError: ``dtype`` is bfloat16 (NumPy has no such dtype), or as
             :func:`~bora_ref.testing.cases.case_values`.
     """
     if dtype == torch.bfloat16:
@@ -171,7 +171,11 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
             continue
         if _sha256(path) != entry["sha256"]:
             problems.append(f"{entry['file']}: SHA-256 {_sha256(path)} differs from the manifest's {entry['sha256']}")
-        arrays = load_golden(entry["file"], base)
+        try:
+            arrays = load_golden(entry["file"], base)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            problems.append(f"{entry['file']}: cannot be read as .npz: {exc}")
+            continue
         shapes = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
         if shapes != entry["arrays"] or str(arrays["x"].dtype) != entry["dtype"]:
             problems.append(f"{entry['file']}: arrays {shapes} do not match the manifest's {entry['arrays']}")

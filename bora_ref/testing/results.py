@@ -76,6 +76,11 @@ class Comparison:
         return self.ratio <= 1.0
 
 
+def _short(ratio: float) -> str:
+    """A ratio in at most 7 characters: ``0.414``, ``9.7e+09``, ``inf``."""
+    return f"{ratio:.3f}" if ratio < 100 else f"{ratio:.1e}"
+
+
 def _ratio(num: float, den: float) -> float:
     if math.isnan(num):
         return math.inf
@@ -99,19 +104,19 @@ class OracleReport:
     device: str
     grad: bool
     seed: int
-    _rows: list[tuple[OracleCase, torch.dtype]] = field(init=False, repr=False, compare=False)
+    _runs: dict[tuple[OracleCase, torch.dtype], list[Comparison]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        rows: list[tuple[OracleCase, torch.dtype]] = []
+        # comparisons grouped by (case, dtype) run, in the order the runs happened
+        runs: dict[tuple[OracleCase, torch.dtype], list[Comparison]] = {}
         for c in self.comparisons:
-            if (c.case, c.dtype) not in rows:
-                rows.append((c.case, c.dtype))
-        object.__setattr__(self, "_rows", rows)
+            runs.setdefault((c.case, c.dtype), []).append(c)
+        object.__setattr__(self, "_runs", runs)
 
     @property
     def cases_run(self) -> int:
         """Number of (case, dtype) pairs checked."""
-        return len(self._rows)
+        return len(self._runs)
 
     @property
     def worst_ratio(self) -> dict[torch.dtype, float]:
@@ -127,20 +132,21 @@ class OracleReport:
             f"{'case':<18} {'dtype':<9} {'m':>4} {'n':>4} {'r':>3} {'b':>3} {'x shape':<11} "
             f"{'worst':<10} {'max abs err':>11} {'tolerance':>10} {'ratio':>7}  result"
         ]
-        for case, dtype in self._rows:
-            mine = [c for c in self.comparisons if c.case == case and c.dtype == dtype]
+        for (case, dtype), mine in self._runs.items():
             worst = max(mine, key=lambda c: c.ratio)
             lines.append(
                 f"{case.name:<18} {dtype_name(dtype):<9} {case.m:>4} {case.n:>4} {case.r:>3} {case.b:>3} "
                 f"{str(case.x_shape):<11} {worst.quantity:<10} {worst.max_abs_error:>11.2e} "
-                f"{worst.tolerance:>10.2e} {worst.ratio:>7.3f}  {'ok' if all(c.passed for c in mine) else 'FAIL'}"
+                f"{worst.tolerance:>10.2e} {_short(worst.ratio):>7}  {'ok' if all(c.passed for c in mine) else 'FAIL'}"
             )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         worst = ", ".join(f"{dtype_name(d)} {v:.3f}" for d, v in self.worst_ratio.items())
         what = "outputs and gradients" if self.grad else "outputs"
-        return (f"{self.cases_run} case/dtype runs passed on {self.device} ({what}, seed {self.seed}); "
+        failed = sum(not all(c.passed for c in mine) for mine in self._runs.values())
+        verdict = "all passed" if not failed else f"{failed} failed"
+        return (f"{self.cases_run} case/dtype runs on {self.device} ({what}, seed {self.seed}), {verdict}; "
                 f"worst error/tolerance: {worst}")
 
 

@@ -1,0 +1,7 @@
+"""``python -m bora_ref.experiments``: see :func:`bora_ref.experiments.experiment.main`."""
+
+import sys
+
+from .experiment import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""Markdown tables from :func:`bora_ref.experiments.experiment.run_experiment` results.
+
+Accuracies are in percent; ``mean ± std`` is over seeds (sample standard deviation, ``ddof=1``;
+``± 0.0`` marks a single seed). "Δ vs LoRA" is paired: the difference to LoRA(r) of the *same*
+seed (same head initialisation and batch order), then mean ± std of those differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["mean_std", "accuracy_table", "upgrade_table", "timing_table", "rank_table", "overhead_table", "sigma_table", "all_tables"]
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``"mean ± std"`` of ``values * scale`` (sample std, 0 for one value)."""
+    v = np.asarray(values, dtype=np.float64) * scale
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _methods(runs: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(run["method"] for run in runs))
+
+
+def _by_seed(runs: Sequence[dict[str, Any]], method: str, key: str) -> dict[int, float]:
+    return {run["seed"]: run[key] for run in runs if run["method"] == method}
+
+
+def accuracy_table(results: dict[str, Any]) -> str:
+    """Per method: trainable parameters, val/test accuracy, paired Δ test vs LoRA(r), mean ranks over layers."""
+    runs = results["runs"]
+    methods = _methods(runs)
+    ref = _by_seed(runs, methods[0], "test")
+    rows = []
+    for method in methods:
+        test = _by_seed(runs, method, "test")
+        mine = [run for run in runs if run["method"] == method]
+        diffs = [test[s] - ref[s] for s in test if s in ref]
+        energy = [np.mean([v["energy"] for v in run["ranks"].values()]) for run in mine]
+        numerical = [np.mean([v["numerical"] for v in run["ranks"].values()]) for run in mine]
+        bound = next(iter(mine[0]["ranks"].values()))["bound"]
+        rows.append([method, f"{mine[0]['trainable']:,}", mean_std(_by_seed(runs, method, "val").values(), 100),
+                     mean_std(list(test.values()), 100), "—" if method == methods[0] else mean_std(diffs, 100),
+                     f"{np.mean(energy):.1f}", f"{np.mean(numerical):.0f} / {bound}"])
+    base = results["baseline"]
+    rows.append([f"frozen embeddings + logistic regression (C={base['C']:g})", "—", f"{100 * base['val_acc']:.1f}",
+                 f"{100 * base['test_acc']:.1f}", f"{100 * base['test_acc'] - 100 * np.mean(list(ref.values())):+.1f} (vs mean)", "—", "—"])
+    header = ["method", "trainable params", "val acc %", "test acc %", "Δ test vs " + methods[0] + " (paired)",
+              "90%-energy rank", "numerical rank / bound"]
+    return _md(header, rows)
+
+
+def upgrade_table(results: dict[str, Any]) -> str:
+    """LoRA → BoRA Σ-only (both parameterisations) and the LoRA-continued control: test accuracy before/after."""
+    ups = results["upgrade"]
+    rows = []
+    for method in _methods(ups):
+        mine = [u for u in ups if u["method"] == method]
+        rows.append([method, f"{mine[0]['trainable']:,}", mean_std([u["start_test"] for u in mine], 100),
+                     mean_std([u["test"] for u in mine], 100), mean_std([u["test"] - u["start_test"] for u in mine], 100),
+                     f"{max(u['max_logit_change_at_start'] for u in mine):.1e}"])
+    return _md(["method", "trainable params", "test acc % before", "test acc % after", "Δ (paired)", "max |Δ logit| at start"], rows)
+
+
+def timing_table(results: dict[str, Any]) -> str:
+    """Step time (median over interleaved repeats) and memory per step, relative to the first entry (PEFT LoRA)."""
+    timing = results["timing"]
+    names = list(timing)
+    ref = timing[names[0]]
+    rows = []
+    for name in names:
+        c = timing[name]
+        peak = "—" if c["cuda_peak_bytes"] is None else f"{c['cuda_peak_bytes'] / 2**20:.1f}"
+        rows.append([name, f"{c['trainable']:,}", f"{1000 * c['seconds']:.0f}", f"{c['seconds'] / ref['seconds']:.2f}",
+                     f"{c['activation_bytes'] / 2**20:.1f}", f"{c['activation_bytes'] / ref['activation_bytes']:.3f}",
+                     f"{c['state_bytes'] / 2**10:.0f}", peak])
+    header = ["method", "trainable", "ms / step", f"× {names[0]}", "saved activations MiB", "×",
+              "param+grad+AdamW KiB", "CUDA peak MiB"]
+    return _md(header, rows)
+
+
+def rank_table(results: dict[str, Any], methods: Sequence[str] | None = None) -> str:
+    """90%-energy rank of ΔW per adapted layer (mean over seeds) for each method, with the rank bound."""
+    runs = results["runs"]
+    methods = list(methods) if methods is not None else _methods(runs)
+    layers = list(runs[0]["ranks"])
+    rows = []
+    for layer in layers:
+        row = [".".join(p for p in layer.split(".") if p.isdigit() or p in ("query", "key", "value", "dense", "intermediate", "output"))]
+        for method in methods:
+            mine = [run["ranks"][layer] for run in runs if run["method"] == method]
+            row.append(f"{np.mean([v['energy'] for v in mine]):.1f} (≤ {mine[0]['bound']})")
+        rows.append(row)
+    return _md(["layer", *methods], rows)
+
+
+def sigma_table(results: dict[str, Any]) -> str:
+    """Learned Σ per BoRA method: mean |ln Σ| and max |Σ − 1|, averaged over layers and seeds."""
+    rows = []
+    for method in _methods(results["runs"]):
+        mine = [run for run in results["runs"] if run["method"] == method and run["b"] > 1]
+        if mine:
+            log = [v["mean_abs_log"] for run in mine for v in run["sigma"].values()]
+            dev = [v["max_dev_from_1"] for run in mine for v in run["sigma"].values()]
+            rows.append([method, f"{np.mean(log):.4f} (min {np.min(log):.4f}, max {np.max(log):.4f})", f"{np.mean(dev):.3g}"])
+    return _md(["method", "mean |ln Σ| per layer", "max |Σ − 1| per layer (mean)"], rows)
+
+
+def overhead_table(results: dict[str, Any]) -> str:
+    """BoRA's extra parameters over LoRA of the same r: per layer, for all adapted layers, and of the whole model."""
+    rows = [[f"{o['label']} ({o['m']}×{o['n']})", o["r"], o["b"], f"{o['lora']:,}", f"{o['sigma']:,}",
+             f"+{o['overhead_pct']:.1f}%", f"{o.get('extra_pct_of_model', float('nan')):.3f}%", o["equal_budget_r"]]
+            for o in results["overhead"]]
+    header = ["layer", "r", "b", f"LoRA params ({results['adapted_layers']} layers)", "extra b²r", "per-layer overhead",
+              "extra / model params", "equal-budget LoRA r"]
+    return _md(header, rows)
+
+
+def all_tables(results: dict[str, Any]) -> str:
+    """Every table with a heading, for the command line and the docs."""
+    d = results["data"]
+    head = (f"model: {results['model']} ({results['model_params']:,} params), device: {results['device']}, "
+            f"setting: {results['setting']['name']}, seeds: {results['setting']['seeds']}, "
+            f"data: BBC News {results['setting']['text_field']} train/val/test = {d['train']}/{d['val']}/{d['test']}")
+    parts = [head, "## Accuracy", accuracy_table(results), "## LoRA → BoRA (Σ only)", upgrade_table(results),
+             "## Learned Σ", sigma_table(results), "## Rank of ΔW by layer", rank_table(results),
+             "## Step cost", timing_table(results), "## Parameter overhead", overhead_table(results)]
+    return "\n\n".join(parts)

@@ -1,0 +1,121 @@
+"""The structured SVD against the dense SVD of the reference ΔW."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bora_ref import numpy_ref, singular_values, structured_svd
+from bora_ref.partition import block_slices
+from bora_ref.testing import strategies as bst
+
+from ._helpers import random_factors
+
+EPS64 = np.finfo(np.float64).eps
+
+
+def _dense(B, A, sigma):
+    delta = numpy_ref.delta_weight(B, A, sigma)
+    return delta, np.linalg.svd(delta, compute_uv=False)
+
+
+def _weyl_atol(m, n, sigma_1):
+    # Both routes are backward stable: each computed σ_k is within O(max(m, n) eps σ_1) of the exact one.
+    return 10 * max(m, n) * EPS64 * sigma_1
+
+
+@given(bst.shapes(max_dim=30, max_r=12), st.integers(0, 2**31))
+def test_singular_values_equal_dense_svd(shape, seed):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(np.random.default_rng(seed), m, n, r, b)
+    _, dense = _dense(B, A, sigma)
+    S = singular_values(B, A, sigma)
+    assert S.shape == (min(m, n),) and S.dtype == np.float64
+    assert np.all(np.diff(S) <= 0) and np.all(S >= 0)
+    np.testing.assert_allclose(S, dense, rtol=0, atol=_weyl_atol(m, n, dense[0]))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(10, 7, 5, 4), (3, 3, 8, 3), (12, 40, 5, 4), (100, 80, 8, 1), (9, 7, 5, 7), (33, 64, 6, 5)],
+    ids=["m_i<r", "1-row-blocks", "row-blocks<r", "b=1", "b=min(m,n)", "uneven"],
+)
+def test_singular_values_named_shapes(shape, rng):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    _, dense = _dense(B, A, sigma)
+    np.testing.assert_allclose(singular_values(B, A, sigma), dense, rtol=0, atol=_weyl_atol(m, n, dense[0]))
+
+
+@pytest.mark.parametrize("case", ["zero B block", "rank-deficient A block", "zero sigma blocks", "all zero"])
+def test_singular_values_degenerate_blocks(case, rng):
+    m, n, r, b = 40, 36, 6, 4
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    rows, cols = block_slices(m, b), block_slices(n, b)
+    if case == "zero B block":
+        B[rows[1]] = 0.0
+    elif case == "rank-deficient A block":
+        A[:, cols[2]] = rng.standard_normal((r, 2)) @ rng.standard_normal((2, cols[2].stop - cols[2].start))
+    elif case == "zero sigma blocks":
+        sigma[0, :] = 0.0
+        sigma[:, 3] = 0.0
+    else:
+        B[:] = 0.0
+    _, dense = _dense(B, A, sigma)
+    S = singular_values(B, A, sigma)
+    np.testing.assert_allclose(S, dense, rtol=0, atol=_weyl_atol(m, n, max(dense[0], 1.0)))
+    if case == "all zero":
+        np.testing.assert_array_equal(S, np.zeros(min(m, n)))
+
+
+@given(bst.shapes(max_dim=30, max_r=12), st.integers(0, 2**31))
+def test_structured_svd_is_a_thin_svd_of_delta_weight(shape, seed):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(np.random.default_rng(seed), m, n, r, b)
+    delta, dense = _dense(B, A, sigma)
+    U, S, Vh = structured_svd(B, A, sigma)
+    k = len(S)
+    assert U.shape == (m, k) and Vh.shape == (k, n) and k <= min(m, n, b * r)
+    tol = _weyl_atol(m, n, dense[0])
+    np.testing.assert_allclose(U @ np.diag(S) @ Vh, delta, rtol=0, atol=tol)
+    np.testing.assert_allclose(U.T @ U, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+    np.testing.assert_allclose(Vh @ Vh.T, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+    np.testing.assert_allclose(S, dense[:k], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_torch_input_of_any_dtype_is_computed_exactly_in_float64(dtype, rng):
+    B, A, sigma = (torch.from_numpy(a).to(dtype) for a in random_factors(rng, 24, 20, 3, 4))
+    S = singular_values(B, A, sigma)
+    as_f64 = [t.to(torch.float64).numpy() for t in (B, A, sigma)]
+    np.testing.assert_array_equal(S, singular_values(*as_f64))  # the same float64 computation, bit for bit
+    # NumPy and torch inputs may be mixed (e.g. a numpy sigma with a layer's tensors).
+    np.testing.assert_array_equal(singular_values(B, as_f64[1], sigma), S)
+
+
+def test_inputs_are_not_modified(rng):
+    B, A, sigma = random_factors(rng, 16, 12, 3, 2)
+    copies = [B.copy(), A.copy(), sigma.copy()]
+    structured_svd(B, A, sigma)
+    singular_values(B, A, sigma)
+    for before, after in zip(copies, (B, A, sigma)):
+        np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (lambda B, A, s: (B.tolist(), A, s), "B must be a numpy.ndarray or torch.Tensor, got list"),
+        (lambda B, A, s: (B, A.astype(np.int64), s), "A must have a real floating dtype, got int64"),
+        (lambda B, A, s: (B, A, np.where(s > 0, np.inf, s)), "sigma contains NaN or infinity"),
+        (lambda B, A, s: (B[:0], A, s), r"B and A must be non-empty, got m=0"),
+        (lambda B, A, s: (B, A, s[:, :, :2]), r"sigma has shape \(2, 2, 2\) but r=3 from A requires \(2, 2, 3\)"),
+        (lambda B, A, s: (B, A[:2], s), r"the rank r must agree"),
+    ],
+)
+@pytest.mark.parametrize("fn", [singular_values, structured_svd])
+def test_bad_input_names_the_argument(fn, args, match, rng):
+    B, A, sigma = random_factors(rng, 16, 12, 3, 2)
+    with pytest.raises(ValueError, match=match):
+        fn(*args(B, A, sigma))

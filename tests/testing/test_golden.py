@@ -1,0 +1,89 @@
+"""The packaged golden vectors: manifest, hashes, and agreement with the NumPy reference."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from bora_ref import block_sizes, numpy_ref
+from bora_ref.testing import get_case
+from bora_ref.testing.golden import GOLDEN_CASES, golden_arrays, golden_dir, load_golden, read_manifest, verify_golden, write_golden
+
+
+def test_packaged_files_verify_clean():
+    assert verify_golden() == []
+
+
+def test_manifest_lists_exactly_the_files_with_their_metadata():
+    manifest = read_manifest()
+    entries = manifest["files"]
+    assert len(entries) == len(GOLDEN_CASES)
+    on_disk = sorted(p.name for p in golden_dir().iterdir())
+    assert on_disk == sorted([e["file"] for e in entries] + ["manifest.json"])
+    assert sum(p.stat().st_size for p in golden_dir().iterdir()) < 200_000  # small: well under 1 MB
+    for e in entries:
+        case = get_case(e["case"])
+        assert (e["m"], e["n"], e["r"], e["b"]) == (case.m, case.n, case.r, case.b)
+        assert e["row_blocks"] == list(block_sizes(case.m, case.b)) and e["col_blocks"] == list(block_sizes(case.n, case.b))
+        assert e["sha256"] == hashlib.sha256((golden_dir() / e["file"]).read_bytes()).hexdigest()
+        arrays = load_golden(e["file"])
+        assert arrays["x"].shape == tuple(e["x_shape"]) == case.x_shape and str(arrays["x"].dtype) == e["dtype"]
+        assert arrays["sigma"].shape == (case.b, case.b, case.r) and arrays["y"].shape == case.y_shape
+        assert arrays["y"].dtype == np.float64 and e["seed"] == 0
+
+
+def test_stored_truth_is_the_reference_on_the_stored_inputs():
+    for e in read_manifest()["files"]:
+        a = load_golden(e["file"])
+        x, B, A, sigma = (a[k].astype(np.float64) for k in ("x", "B", "A", "sigma"))
+        y = numpy_ref.bora_matmul(x, B, A, sigma)
+        np.testing.assert_allclose(a["y"], y, rtol=1e-12, atol=1e-12 * np.abs(y).max(), err_msg=e["file"])
+        dw = numpy_ref.delta_weight(B, A, sigma)
+        np.testing.assert_allclose(a["delta_weight"], dw, rtol=1e-12, atol=1e-12 * np.abs(dw).max())
+        gx = a["g"].astype(np.float64) @ dw  # gradient of sum(g * y) w.r.t. x
+        np.testing.assert_allclose(a["grad_x"], gx, rtol=1e-12, atol=1e-12 * np.abs(gx).max())
+
+
+def test_regenerating_reproduces_the_packaged_inputs_and_is_byte_deterministic(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    m1, m2 = write_golden(first), write_golden(second)
+    assert [e["sha256"] for e in m1["files"]] == [e["sha256"] for e in m2["files"]]
+    assert [e["file"] for e in m1["files"]] == [e["file"] for e in read_manifest()["files"]]
+    assert verify_golden(first) == []
+    for e in m1["files"]:
+        new, old = load_golden(e["file"], first), load_golden(e["file"])
+        for key in ("x", "B", "A", "sigma", "g"):
+            np.testing.assert_array_equal(new[key], old[key])  # same seed, same inputs
+        for key in ("y", "delta_weight", "grad_x", "grad_B", "grad_A", "grad_sigma"):
+            np.testing.assert_allclose(new[key], old[key], rtol=1e-12, atol=1e-12 * np.abs(old[key]).max())
+
+
+def test_verification_catches_tampering(tmp_path):
+    shutil.copytree(golden_dir(), tmp_path, dirs_exist_ok=True)
+    name = read_manifest()["files"][1]["file"]
+    a = load_golden(name, tmp_path)
+    a["y"][0, 0] += 1e-6
+    np.savez(tmp_path / name, **a)
+    problems = verify_golden(tmp_path)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{name}: SHA-256 ") and "differs from the manifest's" in problems[0]
+    assert problems[1].startswith(f"{name}: y differs from the reference by 1.000e-06")
+    # fix the hash: the content error remains
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"][1]["sha256"] = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert verify_golden(tmp_path) == [problems[1]]
+    (tmp_path / name).unlink()
+    assert verify_golden(tmp_path) == [f"{name}: listed in the manifest but missing"]
+
+
+def test_bad_requests_are_rejected():
+    with pytest.raises(ValueError, match=r"file must be one of the golden files .* got 'nope.npz'"):
+        load_golden("nope.npz")
+    with pytest.raises(ValueError, match=r"dtype must have a NumPy equivalent for .npy files, got torch.bfloat16"):
+        golden_arrays(get_case("b=1"), torch.bfloat16)
