@@ -1,7 +1,7 @@
 """Structured SVD (``bora_ref.singular_values``) against the dense SVD of the formed ΔW.
 
 Run: ``.venv/bin/python benchmarks/bench_svd.py`` (about a minute on 2 cores; ``--quick`` skips
-2048²). For each shape it prints the best-of-N wall time of both paths (the dense time excludes
+2048²; prefix ``OPENBLAS_NUM_THREADS=1`` for a single-thread comparison of both paths). For each shape it prints the best-of-N wall time of both paths (the dense time excludes
 forming ΔW, which favours the dense path), their ratio, and the largest difference of the
 singular values relative to σ₁. Targets (issue 3): >= 3000x faster at 2048², r = 8, b = 8, and
 equal within 1e-12 σ₁. The tall 11008 x 4096 case (LLaMA-2-7B's up/gate projection) runs the
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 from bora_ref import numpy_ref, singular_values
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     r, b = 8, 8
-    print(f"numpy {np.__version__}, {platform.machine()}, r={r}, b={b}")
+    blas = [f"{i['internal_api']} x{i['num_threads']}" for i in threadpool_info() if i["user_api"] == "blas"]
+    print(f"numpy {np.__version__}, BLAS {', '.join(blas)} threads, {platform.machine()}, r={r}, b={b}")
     print(f"{'shape':>13} {'structured':>12} {'dense':>10} {'ratio':>9} {'max|Δσ|/σ₁':>12}")
     rng = np.random.default_rng(args.seed)
     cases = [(1024, 1024, True), (2048, 2048, not args.quick), (11008, 4096, False)]

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ._validation import BoRAValueError
 
-__all__ = ["as_float64", "storage_dtype_name", "unit_roundoff", "smallest_normal", "dtype_eps"]
+__all__ = ["as_float64", "dtype_eps", "single_blas_thread", "smallest_normal", "storage_dtype_name", "unit_roundoff"]
 
 # Floating dtypes the tolerance policy knows, by canonical name. torch's finfo covers all four
 # (NumPy has no bfloat16), so every dtype is resolved to its torch twin for machine constants.
@@ -25,6 +26,13 @@ _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 _ALIASES = {"half": "float16", "float": "float32", "single": "float32", "double": "float64"}
+
+single_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
+"""Decorator: run the function with one BLAS thread, restoring the caller's limit on return.
+
+For code that runs many small factorisations (sweeps: blocks of ``r`` columns, cores of at most
+``(b r, b r)``): BLAS threads cannot help there, and on a busy machine their spin-waiting made a
+sweep 15x slower."""
 
 
 def as_float64(name: str, value: Any, *, ndim: int | None = None) -> tuple[np.ndarray, str]:

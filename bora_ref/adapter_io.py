@@ -67,6 +67,12 @@ def _bora_named_layers(model: Any) -> dict[str, BoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
 
 
+def _directory(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise BoRAValueError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file next to ``path``, fsync it, then ``os.replace`` it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -100,8 +106,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
 
     Raises:
         ValueError: ``model`` has no BoRA layer, an adapter tensor contains NaN or infinity (it
-            could not be loaded back), or ``path`` exists and is not a directory. Nothing is
-            written then.
+            could not be loaded back), or ``path`` is not a str / ``os.PathLike`` or exists and is
+            not a directory. Nothing is written then.
     """
     layers = _bora_named_layers(model)
     if not layers:
@@ -110,7 +116,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     for key, value in state.items():
         if not bool(torch.isfinite(value).all()):
             raise BoRAValueError(f"adapter tensor {key!r} contains NaN or infinity; refusing to save it")
-    directory = Path(path)
+    directory = _directory(path)
     if directory.exists() and not directory.is_dir():
         raise BoRAValueError(f"path={os.fspath(path)!r} exists and is not a directory")
 
@@ -262,7 +268,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             the problem; the model is left exactly as it was.
     """
     layers = _bora_named_layers(model)
-    directory = Path(path)
+    directory = _directory(path)
     if not directory.is_dir():
         raise BoRAValueError(f"path={os.fspath(path)!r} is not a directory")
     config = _read_config(directory / CONFIG_NAME)

@@ -45,6 +45,14 @@ def _exact_names_regex(names: list[str]) -> str:
     return "|".join(re.escape(name) for name in names)
 
 
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def _peft() -> Any:
     try:
         import peft
@@ -91,7 +99,7 @@ def _lora_spec(name: str, layer: Any, adapter_name: str | None, b: Any, sigma_pa
         raise BoRAValueError(f"cannot convert PEFT layer {name!r} ({base.out_features}x{base.in_features}): {exc}") from None
     return {
         "base": base, "A": layer.lora_A[key].weight, "B": layer.lora_B[key].weight,
-        "group": (r, alpha, rslora, dropout, layer.lora_A[key].weight.dtype), "key": key,
+        "group": (r, alpha, rslora, dropout, layer.lora_A[key].weight.dtype),
     }
 
 
@@ -252,16 +260,18 @@ def bora_to_peft(
             the same ``r``, ``alpha``, ``rslora`` and dropout (one ``LoraConfig`` describes them).
         adapter_name: name of the PEFT adapter to create.
         rtol: separability tolerance, see :func:`lora_factors`.
-        modules_to_save: forwarded to ``LoraConfig``: modules that stay trainable (e.g. a
-            classification head); ``get_peft_model`` freezes every other non-LoRA parameter.
+        modules_to_save: qualified names of modules that stay trainable (e.g. a classification
+            head), forwarded to ``LoraConfig`` (PEFT matches them by suffix);
+            ``get_peft_model`` freezes every other non-LoRA parameter.
 
     Returns:
         ``peft.PeftModel`` wrapping ``model`` (modified in place: BoRA layers replaced).
 
     Raises:
         ValueError: no BoRA layer, a merged layer, layers with different ``r``/``alpha``/
-            ``rslora``/dropout, or a non-separable Σ (the message names the layer). All checks
-            and factorisations run first: on error ``model`` is unchanged.
+            ``rslora``/dropout, a non-separable Σ (the message names the layer), or a
+            ``modules_to_save`` entry that names no module. All checks and factorisations run
+            first: on error ``model`` is unchanged.
     """
     if not isinstance(model, nn.Module):
         raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -271,18 +281,27 @@ def bora_to_peft(
     from peft import LoraConfig, get_peft_model
 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
-    if not layers:
-        raise BoRAValueError("model has no BoRALinear layers to convert")
+    if not layers or "" in layers:
+        raise BoRAValueError("model has no BoRALinear layers to convert (or is one itself; wrap it in a container)")
+    if isinstance(modules_to_save, str):
+        raise BoRAValueError(f"modules_to_save must be a list of module names, got the string {modules_to_save!r}")
+    names = list(modules_to_save) if modules_to_save is not None else []
+    for name in names:
+        if not isinstance(name, str) or not name or not _has_module(model, name):
+            raise BoRAValueError(f"modules_to_save entries must name modules of the model, got {name!r}")
     configs = {}
     for name, layer in layers.items():
         if layer.merged:
             raise BoRAValueError(f"BoRA layer {name!r} is merged; unmerge it before converting")
         p = layer.dropout.p if isinstance(layer.dropout, nn.Dropout) else 0.0
         configs[name] = (layer.r, layer.alpha, layer.rslora, p)
-    if len(set(configs.values())) > 1:
-        raise BoRAValueError(
-            f"BoRA layers differ in (r, alpha, rslora, dropout): {configs}; one LoraConfig cannot describe them"
-        )
+    first = next(iter(configs))
+    for name, config in configs.items():
+        if config != configs[first]:
+            raise BoRAValueError(
+                f"BoRA layers differ in (r, alpha, rslora, dropout): {first!r} has {configs[first]}, {name!r} has "
+                f"{config}; one LoraConfig cannot describe them"
+            )
     factors = {}
     for name, layer in layers.items():
         try:
@@ -296,7 +315,7 @@ def bora_to_peft(
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
     config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, lora_dropout=dropout,
                         target_modules=_exact_names_regex(list(layers)), bias="none",
-                        modules_to_save=modules_to_save)
+                        modules_to_save=names or None)
     peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     with torch.no_grad():
         for name, (B_new, A_new) in factors.items():

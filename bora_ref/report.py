@@ -14,11 +14,12 @@ import dataclasses
 import io
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._arrays import single_blas_thread
 from ._validation import BoRAValueError, check_b, check_int
 from .measures import PAPER_THRESHOLD, rank_measures
 from .params import best_b, equal_budget_lora_rank, param_count, sum_param_counts
@@ -48,7 +49,7 @@ _ABLATION = (4096, 4096, 8, 8)  # LLaMA-2-7B attention projection
 _HEATMAP = (96, 64, 4, 4)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file and rename it: a reader never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -77,16 +78,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _spectra_section() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _spectra_section(seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """LoRA vs BoRA spectra at one shape, every ΔW scaled to unit Frobenius norm, with measures."""
     m, n, r, b = _SPECTRA
     r_budget = equal_budget_lora_rank(m, n, r, b)
     cases = {
-        f"LoRA r={r}": sample_factors(m, n, r, b, sigma="identical"),
-        f"BoRA r={r}, b={b}": sample_factors(m, n, r, b),
-        f"BoRA r={r}, b={b}, separable Σ": sample_factors(m, n, r, b, sigma="separable"),
-        f"LoRA r={r_budget} (same parameters)": sample_factors(m, n, r_budget, 1, sigma="identical"),
-        f"LoRA r={b * r} (same rank)": sample_factors(m, n, b * r, 1, sigma="identical"),
+        f"LoRA r={r}": sample_factors(m, n, r, b, sigma="identical", seed=seed),
+        f"BoRA r={r}, b={b}": sample_factors(m, n, r, b, seed=seed),
+        f"BoRA r={r}, b={b}, separable Σ": sample_factors(m, n, r, b, sigma="separable", seed=seed),
+        f"LoRA r={r_budget} (same parameters)": sample_factors(m, n, r_budget, 1, sigma="identical", seed=seed),
+        f"LoRA r={b * r} (same rank)": sample_factors(m, n, b * r, 1, sigma="identical", seed=seed),
     }
     spectra, records = {}, []
     for label, (B, A, sigma) in cases.items():
@@ -112,6 +113,7 @@ def _model_params(shapes: Sequence[LayerShape], r: int, bs: Sequence[int]) -> li
     return records
 
 
+@single_blas_thread
 def write_report(
     out: str | os.PathLike[str] = DEFAULT_OUT,
     *,
@@ -157,7 +159,7 @@ def write_report(
     r_mid = rs[len(rs) // 2]  # the r of the collapse sweep, the parameter table and the rank-vs-b figure
     collapse = collapse_sweep(shapes, [r_mid], [b for b in bs if b > 1] or bs, seed=seed, progress=progress)
     ablation = partial_sigma_ablation(*_ABLATION, seed=seed)
-    spectra, measures = _spectra_section()
+    spectra, measures = _spectra_section(seed)
     params = _model_params(shapes, r_mid, bs)
 
     try:

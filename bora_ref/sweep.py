@@ -16,9 +16,9 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from ._arrays import single_blas_thread
 from ._validation import BoRAValueError, check_b, check_choice, check_int
 from .params import equal_budget_lora_rank, param_count
 from .rank import factor_rank, rank_bound
@@ -50,12 +50,6 @@ class LayerShape(NamedTuple):
     m: int
     n: int
     count: int = 1
-
-
-# Sweeps run many small factorisations (blocks of r columns, cores of at most (b r, b r)): BLAS
-# threads cannot help there, and on a busy machine their spin-waiting made a sweep 15x slower.
-# Applied per call (the decorator restores the caller's limits on return): no global state.
-_single_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 
 def _shape_data() -> dict[str, Any]:
@@ -194,7 +188,7 @@ def _grid(shapes: Iterable[LayerShape | tuple[int, int]], rs: Sequence[int], bs:
     return grid
 
 
-@_single_blas_thread
+@single_blas_thread
 def rank_sweep(
     shapes: Iterable[LayerShape | tuple[int, int]],
     rs: Sequence[int],
@@ -246,7 +240,7 @@ class CollapseRow:
     identical: int
 
 
-@_single_blas_thread
+@single_blas_thread
 def collapse_sweep(
     shapes: Iterable[LayerShape | tuple[int, int]],
     rs: Sequence[int],
@@ -274,7 +268,7 @@ class AblationRow(NamedTuple):
     bound: int
 
 
-@_single_blas_thread
+@single_blas_thread
 def partial_sigma_ablation(
     m: int, n: int, r: int, b: int, *, ks: Sequence[int] | None = None, seed: int = 0
 ) -> list[AblationRow]:

@@ -114,14 +114,19 @@ def _runs(dim: int, b: int) -> tuple[_Run, ...]:
     return tuple(runs)
 
 
-def _col_blocks(t: torch.Tensor, run: _Run) -> torch.Tensor:
-    """View ``(rows, dim)`` -> ``(count, rows, size)``: the run's column blocks, no copy."""
-    return t[:, run.offset : run.offset + run.count * run.size].unflatten(1, (run.count, run.size)).transpose(0, 1)
+def _blocks(t: torch.Tensor, run: _Run, axis: int, *, transpose: bool = False) -> torch.Tensor:
+    """The run's blocks of a 2-D ``t`` along ``axis``, stacked in front: one ``as_strided`` view, no copy.
 
-
-def _row_blocks(t: torch.Tensor, run: _Run) -> torch.Tensor:
-    """View ``(dim, cols)`` -> ``(count, size, cols)``: the run's row blocks, no copy."""
-    return t[run.offset : run.offset + run.count * run.size].unflatten(0, (run.count, run.size))
+    ``axis=1``, ``t (rows, dim)`` -> ``(count, rows, size)``; ``axis=0``, ``t (dim, cols)`` ->
+    ``(count, size, cols)``; ``transpose=True`` swaps the last two dimensions.
+    """
+    shape, strides = list(t.shape), list(t.stride())
+    step = strides[axis]
+    shape[axis] = run.size
+    if transpose:
+        shape.reverse()
+        strides.reverse()
+    return t.as_strided((run.count, *shape), (run.size * step, *strides), t.storage_offset() + run.offset * step)
 
 
 class _BoRAMatmul(torch.autograd.Function):
@@ -147,7 +152,7 @@ class _BoRAMatmul(torch.autograd.Function):
         zt = x.new_empty(b, r, N)  # zt[j] = A_j @ x_j^T
         for run in _runs(n, b):
             # (count, r, n_j) @ (count, n_j, N) -> (count, r, N)
-            torch.bmm(_col_blocks(A, run), _col_blocks(x, run).transpose(1, 2), out=zt[run.first : run.first + run.count])
+            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=zt[run.first : run.first + run.count])
         sigma_k = sigma.permute(2, 0, 1).contiguous()  # (r, b, b): sigma_k[k] = sigma[:, :, k]
         ut = x.new_empty(r, b, N)
         torch.bmm(sigma_k, zt.transpose(0, 1), out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[j, k]
@@ -155,7 +160,7 @@ class _BoRAMatmul(torch.autograd.Function):
         for run in _runs(m, b):
             # (count, N, r) @ (count, r, m_i) -> the column blocks of y, (count, N, m_i)
             u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
-            torch.bmm(u_blocks, _row_blocks(B, run).transpose(1, 2), out=_col_blocks(y, run))
+            torch.bmm(u_blocks, _blocks(B, run, 0, transpose=True), out=_blocks(y, run, 1))
         ctx.save_for_backward(x, B, A, sigma_k, zt, ut)
         return y
 
@@ -171,13 +176,13 @@ class _BoRAMatmul(torch.autograd.Function):
         for run in _runs(m, b):
             # (count, r, m_i) @ (count, m_i, N) -> (count, r, N)
             out = gut[:, run.first : run.first + run.count].transpose(0, 1)
-            torch.bmm(_row_blocks(B, run).transpose(1, 2), _col_blocks(gy, run).transpose(1, 2), out=out)
+            torch.bmm(_blocks(B, run, 0, transpose=True), _blocks(gy, run, 1, transpose=True), out=out)
         if need_B:
             gB = gy.new_empty(m, r)
             for run in _runs(m, b):
                 # (count, m_i, N) @ (count, N, r) -> (count, m_i, r)
                 u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
-                torch.bmm(_col_blocks(gy, run).transpose(1, 2), u_blocks, out=_row_blocks(gB, run))
+                torch.bmm(_blocks(gy, run, 1, transpose=True), u_blocks, out=_blocks(gB, run, 0))
         if need_sigma:
             gsigma_k = gy.new_empty(r, b, b)
             torch.bmm(gut, zt.permute(1, 2, 0), out=gsigma_k)  # (r, b, N) @ (r, N, b)
@@ -185,16 +190,17 @@ class _BoRAMatmul(torch.autograd.Function):
         if need_x or need_A:
             gzt = gy.new_empty(r, b, N)
             torch.bmm(sigma_k.transpose(1, 2), gut, out=gzt)  # gzt[k, j] = sum_i sigma[i, j, k] * gut[k, i]
+            del gut  # lowers the peak: gx below is the largest allocation
             runs = _runs(n, b)
             gz_blocks = [gzt[:, run.first : run.first + run.count].transpose(0, 1) for run in runs]  # (count, r, N)
             if need_x:
                 gx = gy.new_empty(N, n)
                 for run, gz in zip(runs, gz_blocks):
                     # (count, N, r) @ (count, r, n_j) -> the column blocks of gx
-                    torch.bmm(gz.transpose(1, 2), _col_blocks(A, run), out=_col_blocks(gx, run))
+                    torch.bmm(gz.transpose(1, 2), _blocks(A, run, 1), out=_blocks(gx, run, 1))
             if need_A:
                 gA = gy.new_empty(r, n)
                 for run, gz in zip(runs, gz_blocks):
                     # (count, r, N) @ (count, N, n_j) -> the column blocks of gA
-                    torch.bmm(gz, _col_blocks(x, run), out=_col_blocks(gA, run))
+                    torch.bmm(gz, _blocks(x, run, 1), out=_blocks(gA, run, 1))
         return gx, gB, gA, gsigma

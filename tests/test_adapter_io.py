@@ -287,6 +287,10 @@ def test_save_errors_write_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["file"]
     with pytest.raises(ValueError, match="is not a directory"):
         load_adapter(_model(seed=1), tmp_path / "file")
+    with pytest.raises(ValueError, match="path must be a str or os.PathLike, got int"):
+        save_adapter(_model(seed=1), 3)
+    with pytest.raises(ValueError, match="path must be a str or os.PathLike, got NoneType"):
+        load_adapter(_model(seed=1), None)
 
 
 def test_peft_and_bora_adapter_directories_do_not_mix(tmp_path):

@@ -78,6 +78,18 @@ def test_three_clicks_from_home_to_the_code_that_checks_the_rank_bound(site):
     assert "attaining_factors" in notebook and "numerical_rank" in notebook
 
 
+def test_links_into_notebooks_land_on_a_heading(site):
+    # mkdocs validates anchors on Markdown pages only; notebook pages are checked here.
+    links = 0
+    for page in site.rglob("*.html"):
+        for target, anchor in re.findall(r'href="([^"#]*notebooks/[^"#/]+/)#([^"]+)"', page.read_text()):
+            notebook = (page.parent / target / "index.html").resolve()
+            assert notebook.exists(), f"{page.relative_to(site)} links to {target}, which was not built"
+            assert f'id="{anchor}"' in notebook.read_text(), f"{page.relative_to(site)} links to {target}#{anchor}: no such heading"
+            links += 1
+    assert links >= 5  # the theory page's "Checked by" links at least
+
+
 def test_notebooks_are_rendered_with_outputs_from_the_current_code(site):
     notebook = _page(site, "notebooks/01_bora_from_scratch")
     # Printed by a cell that asserts it: present only if the notebook ran during this build.

@@ -122,7 +122,7 @@ def test_optimizer_steps_change_only_adapter_parameters(pretrained, batch):
         loss = (_embed(model, batch) - target).square().mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     state = model.state_dict()
     for k, v in frozen.items():

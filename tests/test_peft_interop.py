@@ -336,7 +336,7 @@ def test_bora_to_peft_refuses_and_changes_nothing(rng):
 
     mixed = apply_bora(_base_model(), target_modules=["fc1"], r=3, b=2)
     apply_bora(mixed, target_modules=["fc2"], r=2, b=2)
-    with pytest.raises(ValueError, match=r"differ in \(r, alpha, rslora, dropout\)"):
+    with pytest.raises(ValueError, match=r"differ in \(r, alpha, rslora, dropout\): 'fc1' has \(3, 3.0, False, 0.0\), 'fc2' has \(2"):
         bora_to_peft(mixed)
     merged = merge_bora(apply_bora(_base_model(), target_modules=TARGETS, r=3, b=1))
     with pytest.raises(ValueError, match="BoRA layer 'fc1' is merged"):
@@ -345,3 +345,8 @@ def test_bora_to_peft_refuses_and_changes_nothing(rng):
         bora_to_peft(_base_model())
     with pytest.raises(ValueError, match="adapter_name must be a non-empty str, got ''"):
         bora_to_peft(model, adapter_name="")
+    with pytest.raises(ValueError, match="modules_to_save entries must name modules of the model, got 'haed'"):
+        bora_to_peft(model, modules_to_save=["haed"])
+    with pytest.raises(ValueError, match="modules_to_save must be a list of module names, got the string 'head'"):
+        bora_to_peft(model, modules_to_save="head")
+    _assert_unchanged(model, snap)

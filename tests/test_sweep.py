@@ -67,8 +67,9 @@ def test_load_model_shapes_and_distinct_shapes():
     ]
     minilm = distinct_shapes(load_model_shapes(["MiniLM-L6"]))  # "dense" is not unique: full names stay
     assert [s.module for s in minilm] == ["query/key/value/attention.output.dense", "intermediate.dense", "output.dense"]
-    assert sum(s.count for s in distinct_shapes(load_model_shapes())) == len(load_model_shapes()) and sum(
-        s.count for s in load_model_shapes()) == 32 * 7 + 24 * 7 + 28 * 7 + 6 * 6
+    all_layers = load_model_shapes()
+    assert sum(s.count for s in all_layers) == 32 * 7 + 24 * 7 + 28 * 7 + 6 * 6  # blocks x projections
+    assert sum(s.count for s in distinct_shapes(all_layers)) == sum(s.count for s in all_layers)
     with pytest.raises(ValueError, match=r"models must be one of \('LLaMA-2-7B'.*got 'GPT-5'"):
         load_model_shapes(["GPT-5"])
 

@@ -1,12 +1,13 @@
 """What a fine-tuned adapter learned: ΔW spectra and ranks per layer, and parameter budgets.
 
-Spectra use the structured SVD :func:`bora_ref.rank.singular_values` on the layer's factors and
-effective Σ (the ``(m, n)`` update is never formed). Two ranks are reported per layer:
+Spectra and ranks come from :func:`bora_ref.model_rank_info` (structured SVD of the layer's
+factors and effective Σ; the ``(m, n)`` update is never formed). Per layer:
 
-- ``numerical``: singular values above ``S_max * max(m, n) * eps(float32)`` (NumPy's
-  ``matrix_rank`` rule for the float32 adapter) — what the factors *can* express;
-- ``energy``: the fewest singular values holding a fraction (default 90%) of
-  $\\|\\Delta W\\|_F^2$ — how many directions the update actually *uses*.
+- ``numerical``: the numerical rank with the float32 rounding-noise floor of the adapter
+  (``storage_dtype="auto"``) — how many directions the factors *can* express;
+- ``energy``: :func:`bora_ref.measures.energy_rank`, the fewest singular values holding 90% of
+  $\\|\\Delta W\\|_F^2$ — how many directions the update actually *uses*;
+- ``effective``: :func:`bora_ref.measures.effective_rank` (Roy & Vetterli), a smooth version.
 """
 
 from __future__ import annotations
@@ -16,22 +17,20 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from .._validation import BoRAValueError, check_int
+from .._validation import check_int
 from ..layer import BoRALinear
+from ..measures import effective_rank, energy_rank
 from ..params import param_count
-from ..rank import rank_bound, singular_values
+from ..rank import model_rank_info, rank_bound
 
 __all__ = [
     "adapter_layers",
-    "delta_spectrum",
-    "energy_rank",
     "equal_budget_lora_rank",
     "layer_ranks",
+    "layer_spectra",
     "overhead_rows",
     "trainable_parameters",
 ]
-
-_EPS32 = float(np.finfo(np.float32).eps)
 
 
 def adapter_layers(model: nn.Module) -> dict[str, BoRALinear]:
@@ -39,63 +38,30 @@ def adapter_layers(model: nn.Module) -> dict[str, BoRALinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, BoRALinear)}
 
 
-def delta_spectrum(layer: BoRALinear) -> np.ndarray:
-    """Singular values of the scaled update ``scaling * ΔW`` of one layer.
-
-    Args:
-        layer: a :class:`BoRALinear` (``lora_B (m, r)``, ``lora_A (r, n)``, Σ ``(b, b, r)``).
-
-    Returns:
-        ``(min(m, n),)`` float64, descending (zeros past the rank).
-    """
-    if not isinstance(layer, BoRALinear):
-        raise BoRAValueError(f"layer must be a BoRALinear, got {type(layer).__name__}")
-    S = singular_values(layer.lora_B.detach(), layer.lora_A.detach(), layer.effective_sigma().detach())
-    return layer.scaling * S
-
-
-def energy_rank(S: Sequence[float] | np.ndarray, fraction: float = 0.9) -> int:
-    """Fewest leading singular values whose squares hold ``fraction`` of the total $\\sum_k S_k^2$.
-
-    $$\\min\\{k : \\textstyle\\sum_{i \\le k} S_i^2 \\ge f \\sum_i S_i^2\\}, \\quad 0 \\text{ if } S = 0$$
-
-    Args:
-        S: ``(k,)`` non-negative singular values, descending.
-        fraction: ``f`` in ``(0, 1]``.
+def layer_spectra(model: nn.Module) -> dict[str, np.ndarray]:
+    """Singular values of every adapted layer's ``scaling * ΔW``, ``(min(m, n),)`` descending.
 
     Raises:
-        ValueError: ``S`` not 1-D, negative, non-finite or not descending; ``fraction`` outside ``(0, 1]``.
+        ValueError: the model has no BoRA layer.
     """
-    s = np.asarray(S, dtype=np.float64)
-    if s.ndim != 1 or not np.isfinite(s).all() or (s < 0).any() or (np.diff(s) > 0).any():
-        raise BoRAValueError(f"S must be a 1-D finite, non-negative, descending array, got {s!r}")
-    if not 0.0 < float(fraction) <= 1.0:
-        raise BoRAValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    energy = np.cumsum(s**2)
-    if energy.size == 0 or energy[-1] == 0.0:
-        return 0
-    # Relative slack of a few ulps so that fraction=1 counts exactly the nonzero values.
-    return int(np.searchsorted(energy, fraction * energy[-1] * (1 - 8 * np.finfo(np.float64).eps)) + 1)
+    return {name: info.singular_values for name, info in model_rank_info(model).items()}
 
 
-def layer_ranks(model: nn.Module, fraction: float = 0.9) -> dict[str, dict[str, int]]:
-    """Per adapted layer: ``bound`` (:func:`bora_ref.rank_bound`), ``numerical`` and ``energy`` rank.
+def layer_ranks(model: nn.Module, tau: float = 0.9) -> dict[str, dict[str, float]]:
+    """Per adapted layer: ``bound`` (:func:`bora_ref.rank_bound`), ``numerical``, ``energy`` and ``effective`` rank.
 
     Raises:
         ValueError: the model has no BoRA layer.
     """
     layers = adapter_layers(model)
-    if not layers:
-        raise BoRAValueError("model has no BoRALinear layers; nothing to analyse")
     out = {}
-    for name, layer in layers.items():
-        S = delta_spectrum(layer)
-        m, n = layer.out_features, layer.in_features
-        tol = S[0] * max(m, n) * _EPS32
+    for name, info in model_rank_info(model, storage_dtype="auto").items():
+        layer = layers[name]
         out[name] = {
-            "bound": rank_bound(m, n, layer.r, layer.b),
-            "numerical": int((S > tol).sum()) if S[0] > 0 else 0,
-            "energy": energy_rank(S, fraction),
+            "bound": rank_bound(layer.out_features, layer.in_features, layer.r, layer.b),
+            "numerical": info.rank,
+            "energy": energy_rank(info.singular_values, tau),
+            "effective": effective_rank(info.singular_values),
         }
     return out
 

@@ -23,7 +23,7 @@ import torch
 
 from .._validation import BoRAValueError
 from ..models import load_pretrained
-from .analysis import adapter_layers, delta_spectrum, equal_budget_lora_rank, layer_ranks, overhead_rows, trainable_parameters
+from .analysis import adapter_layers, equal_budget_lora_rank, layer_ranks, layer_spectra, overhead_rows, trainable_parameters
 from .baseline import frozen_embedding_baseline
 from .data import load_bbc_news, stratified_split
 from .finetune import AdapterSpec, TrainConfig, encode, evaluate, reset_head, setup_adapters, train, upgrade_to_bora
@@ -164,8 +164,8 @@ def run_experiment(
         "adapted_layers": n_layers, "layer_shape": [m, n],
         "head_params": trainable_parameters(probe) - sum(setting.r * (l.in_features + l.out_features) for l in layers),
     }
-    results["overhead"] = overhead_rows([("adapted layer", m, n), ("768 x 768 (RoBERTa-base q/v)", 768, 768)], setting.r,
-                                        setting.bs, layers=n_layers, model_params=results["model_params"])
+    results["overhead"] = (overhead_rows([("this model", m, n)], setting.r, setting.bs, layers=n_layers, model_params=results["model_params"])
+                           + overhead_rows([("RoBERTa-base q/v", 768, 768)], setting.r, setting.bs, layers=n_layers))
     results["baseline"] = frozen_embedding_baseline(pristine.to(device), enc["train"], enc["val"], enc["test"], device=device)
     pristine.to("cpu")
 
@@ -181,7 +181,8 @@ def run_experiment(
                    "step_seconds": float(np.median(log.step_seconds)), "rank_history": log.ranks,
                    "ranks": layer_ranks(model), "sigma": _sigma_summary(model)}
             if seed == setting.seeds[0]:
-                run["spectra"] = {k: delta_spectrum(v)[: 2 * v.b * v.r].tolist() for k, v in adapter_layers(model).items()}
+                # Past the rank bound a spectrum is zeros: keep twice the bound (plots, JSON size).
+                run["spectra"] = {k: S[: 2 * run["ranks"][k]["bound"]].tolist() for k, S in layer_spectra(model).items()}
             runs.append(run)
             if spec == specs[0]:
                 upgrades += _upgrade(model, run, setting, cfg, enc, evaluate_all, seed, device)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .._validation import BoRAValueError, check_choice, check_int, check_positive_float, check_probability
 from ..inject import apply_bora

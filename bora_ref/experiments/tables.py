@@ -17,7 +17,7 @@ __all__ = ["mean_std", "accuracy_table", "upgrade_table", "timing_table", "rank_
 
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     """``"mean ± std"`` of ``values * scale`` (sample std, 0 for one value)."""
-    v = np.asarray(values, dtype=np.float64) * scale
+    v = np.asarray(list(values), dtype=np.float64) * scale
     std = float(v.std(ddof=1)) if v.size > 1 else 0.0
     return f"{v.mean():.{digits}f} ± {std:.{digits}f}"
 
@@ -69,7 +69,7 @@ def upgrade_table(results: dict[str, Any]) -> str:
         rows.append([method, f"{mine[0]['trainable']:,}", mean_std([u["start_test"] for u in mine], 100),
                      mean_std([u["test"] for u in mine], 100), mean_std([u["test"] - u["start_test"] for u in mine], 100),
                      f"{max(u['max_logit_change_at_start'] for u in mine):.1e}"])
-    return _md(["method", "trainable params", "test acc % before", "test acc % after", "Δ (paired)", "max |Δ logit| at start"], rows)
+    return _md(["method", "trainable params", "test acc % before", "test acc % after", "Δ (paired)", "max abs Δ logit at start"], rows)
 
 
 def timing_table(results: dict[str, Any]) -> str:
@@ -113,16 +113,16 @@ def sigma_table(results: dict[str, Any]) -> str:
             log = [v["mean_abs_log"] for run in mine for v in run["sigma"].values()]
             dev = [v["max_dev_from_1"] for run in mine for v in run["sigma"].values()]
             rows.append([method, f"{np.mean(log):.4f} (min {np.min(log):.4f}, max {np.max(log):.4f})", f"{np.mean(dev):.3g}"])
-    return _md(["method", "mean |ln Σ| per layer", "max |Σ − 1| per layer (mean)"], rows)
+    return _md(["method", "mean abs ln Σ per layer", "max abs (Σ − 1) per layer, mean over layers"], rows)
 
 
 def overhead_table(results: dict[str, Any]) -> str:
     """BoRA's extra parameters over LoRA of the same r: per layer, for all adapted layers, and of the whole model."""
     rows = [[f"{o['label']} ({o['m']}×{o['n']})", o["r"], o["b"], f"{o['lora']:,}", f"{o['sigma']:,}",
-             f"+{o['overhead_pct']:.1f}%", f"{o.get('extra_pct_of_model', float('nan')):.3f}%", o["equal_budget_r"]]
-            for o in results["overhead"]]
-    header = ["layer", "r", "b", f"LoRA params ({results['adapted_layers']} layers)", "extra b²r", "per-layer overhead",
-              "extra / model params", "equal-budget LoRA r"]
+             f"+{o['overhead_pct']:.1f}%", f"{o['extra_pct_of_model']:.3f}%" if "extra_pct_of_model" in o else "—",
+             o["equal_budget_r"]] for o in results["overhead"]]
+    header = ["layer", "r", "b", f"LoRA params ({results['adapted_layers']} layers)", "extra b²r (same layers)",
+              "per-layer overhead", "extra / model params", "equal-budget LoRA r"]
     return _md(header, rows)
 
 

@@ -39,7 +39,8 @@ def load_function(target: str) -> Callable:
         raise BoRAValueError(f"target {target!r}: cannot import module {module_name!r}: {exc}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise BoRAValueError(f"target {target!r}: {obj.__name__ if hasattr(obj, '__name__') else obj!r} has no attribute {part!r}")
+            owner = getattr(obj, "__name__", repr(obj))
+            raise BoRAValueError(f"target {target!r}: {owner} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
         raise BoRAValueError(f"target {target!r} must name a callable, got a {type(obj).__name__}")

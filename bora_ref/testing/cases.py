@@ -9,7 +9,8 @@ running one case alone (a replay) sees exactly the inputs it saw inside the full
 The built-in list :data:`DEFAULT_CASES` covers even and uneven splits (tall, wide, square, rows
 only, columns only), ``r`` larger than a block, ``b = 1``, ``b = min(m, n)``, ``x`` of shape
 ``(n,)``, ``(t, n)``, ``(batch, t, n)`` and an empty batch, non-contiguous inputs (transposed,
-strided and permuted views whose gaps hold NaN, so a kernel that ignores strides reads poison),
+strided and permuted views; the strided view's gaps hold NaN, so a kernel that ignores strides
+reads poison),
 zero factors, large-magnitude factors and one case larger than a typical GPU tile.
 """
 
@@ -24,7 +25,9 @@ import torch
 
 from .._validation import BoRAValueError, check_b, check_choice, check_int
 
-__all__ = ["OracleCase", "DEFAULT_CASES", "get_case", "case_values", "make_inputs", "place_inputs", "LAYOUTS", "FACTOR_KINDS"]
+__all__ = [
+    "OracleCase", "DEFAULT_CASES", "LAYOUTS", "FACTOR_KINDS", "get_case", "case_values", "make_inputs", "place_inputs",
+]
 
 Layout = Literal["contiguous", "x-transposed", "x-strided", "factors-permuted"]
 FactorKind = Literal["gaussian", "zero-B", "zero-sigma", "large"]
@@ -183,23 +186,24 @@ def case_values(case: OracleCase, dtype: torch.dtype, seed: int) -> dict[str, np
 
 
 def _place(value: np.ndarray, dtype: torch.dtype, device: torch.device, how: str) -> torch.Tensor:
-    """Put ``value`` on ``device`` in ``dtype`` as a tensor with the memory layout ``how``."""
+    """Put ``value`` on ``device`` in ``dtype`` with the memory layout ``how`` (same values, same shape).
+
+    ``"contiguous"``; ``"reversed"``: stored with all dimensions reversed, then viewed back (``B (m, r)``
+    is a ``(r, m)`` buffer's ``.T``); ``"last-first"``: ``x (..., n)`` stored as ``(n, ...)``;
+    ``"strided"``: ``x (..., n)`` is every other column of a ``(..., 2n)`` buffer whose other columns
+    are NaN.
+    """
     t = torch.from_numpy(value)
-    if how == "contiguous":
-        return t.to(device=device, dtype=dtype)
     if how == "reversed":
-        # Stored with all dimensions reversed, then viewed back: e.g. B (m, r) is a (r, m) buffer's .T
         dims = tuple(range(t.ndim - 1, -1, -1))
         return t.permute(dims).contiguous().to(device=device, dtype=dtype).permute(dims)
     if how == "last-first":
-        # x (..., n) stored as (n, ...): the feature dimension is outermost in memory.
         return t.movedim(-1, 0).contiguous().to(device=device, dtype=dtype).movedim(0, -1)
     if how == "strided":
-        # x (..., n) is every other column of a (..., 2n) buffer whose other columns are NaN.
         buffer = torch.full(t.shape[:-1] + (2 * t.shape[-1],), float("nan"), dtype=dtype, device=device)
         buffer[..., ::2] = t.to(device=device, dtype=dtype)
         return buffer[..., ::2]
-    raise AssertionError(f"unknown placement {how!r}")  # internal: callers pass the names above
+    return t.to(device=device, dtype=dtype)
 
 
 def make_inputs(

@@ -84,7 +84,9 @@ def _gaussian(seed: int, shape: tuple[int, ...], scale: float) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape) * scale
 
 
-def _array(draw: Any, shape: tuple[int, ...], seed: int, scale: float, elements: st.SearchStrategy[float] | None) -> np.ndarray:
+def _array(
+    draw: Any, shape: tuple[int, ...], seed: int, scale: float, elements: st.SearchStrategy[float] | None
+) -> np.ndarray:
     """A float64 array: Gaussian from ``seed`` or, with ``elements``, drawn entry by entry."""
     if elements is None:
         return _gaussian(seed, shape, scale)
