@@ -28,7 +28,7 @@ import torch
 from bora_ref import torch_ref
 
 from ._report import Column, markdown_table, write_csv
-from ._timing import Clock, machine_info
+from ._timing import Clock, machine_info, steady_malloc
 from .adapter import memory_adapter, time_adapter
 from .layer import time_layer
 from .train_step import time_train_step
@@ -99,6 +99,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (use with --threads 1)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile column (default: on CUDA only)")
+    p.add_argument("--steady-malloc", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: keep freed memory in glibc's heap so page faults do not depend on the interleaving")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for the .md and .csv files")
     return p.parse_args(argv)
 
@@ -121,12 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile = cuda if args.compile is None else args.compile
     compiled: Callable[..., torch.Tensor] | None = torch.compile(torch_ref.bora_matmul, dynamic=False) if use_compile else None
     clock = Clock(args.clock, device)
+    allocator = steady_malloc() if args.steady_malloc and not cuda else "default"
     cells = plan(args.quick, cuda)
 
     stem = f"{device.type}-{'quick' if args.quick else 'full'}"
     args.out.mkdir(parents=True, exist_ok=True)
     header = {"command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv), **machine_info(device, clock),
-              "dtype": str(dtype).removeprefix("torch."), "tokens T": str(tokens)}
+              "allocator": allocator, "dtype": str(dtype).removeprefix("torch."), "tokens T": str(tokens)}
     parts = [f"# BoRA benchmarks ({stem})", "", *[f"- {k}: `{v}`" for k, v in header.items()]]
     started = time.perf_counter()
     common = {"tokens": tokens, "dtype": dtype}

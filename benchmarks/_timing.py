@@ -7,6 +7,8 @@ machine's load hit all candidates alike. A ratio is reported two ways: the ratio
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.metadata
 import os
 import platform
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Clock", "Summary", "interleave", "summarize", "machine_info"]
+__all__ = ["Clock", "Summary", "interleave", "summarize", "steady_malloc", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,24 @@ def summarize(times: Mapping[str, list[float]], name: str, baseline: str) -> Sum
         q25 = q75 = paired[0]
     median = statistics.median(t)
     return Summary(median, median / statistics.median(base), q25, q75)
+
+
+def steady_malloc() -> str:
+    """Make glibc keep freed memory instead of returning it to the OS; returns what was set.
+
+    By default glibc's malloc trims or unmaps freed blocks depending on the recent sequence of
+    frees, so whether the next ``(T, m)`` output is served from warm memory or from fresh pages
+    (a page fault per 4 KiB) changes from round to round with the *other* candidate's
+    allocations. A large trim threshold and a fixed mmap threshold make reuse steady for blocks
+    below 32 MiB, as torch's caching allocator does on GPUs; larger blocks are fresh pages for
+    every candidate alike.
+    """
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
+    if mallopt is None or not (mallopt(M_TRIM_THRESHOLD, 2**30) and mallopt(M_MMAP_THRESHOLD, 32 * 2**20)):
+        return "default (mallopt unavailable)"
+    return "glibc mallopt(M_TRIM_THRESHOLD=1 GiB, M_MMAP_THRESHOLD=32 MiB)"
 
 
 def _version(package: str) -> str:

@@ -26,11 +26,15 @@ def time_train_step(
 ) -> list[dict[str, Any]]:
     """One row per model (LoRA, then BoRA for every ``b``): step ms, spread, ratio, memory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
     from peft import LoraConfig, get_peft_model
 
     from bora_ref import apply_bora
     from bora_ref.experiments.timing import step_costs
     from bora_ref.models import BERT_ATTENTION, load_pretrained
+
+    transformers.logging.set_verbosity_error()  # the fresh classifier head is expected, not news
+    transformers.logging.disable_progress_bar()
 
     def fresh() -> Any:
         model, _ = load_pretrained(num_labels=2)

@@ -15,8 +15,7 @@ the docs page ``docs/rank.md`` derives each rule):
 3. **Rounding-noise floor** of the dtype the data were stored in, ``tol = max(rule 1 or 2,
    floor)``: on by default for float16/bfloat16 dense input (where rule 1 with their ``eps``
    exceeds σ₁ and returns 0), on request (``storage_dtype=``) for anything else, notably
-   factors stored in float32/float16/bfloat16. See :func:`dense_noise_floor` and
-   :func:`factor_noise_floor`.
+   factors stored in float32/float16/bfloat16. See :mod:`bora_ref.tolerance`.
 
 Every ``*_rank_info`` function also reports the gap ``σ_k / σ_{k+1}`` at the cut: a small gap
 means the rank is ill-defined at that precision.
@@ -33,17 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._arrays import as_float64, dtype_eps, smallest_normal, storage_dtype_name, unit_roundoff
+from ._arrays import as_float64, dtype_eps, storage_dtype_name
 from ._validation import BoRAValueError, check_b, check_int
 from .layer import BoRALinear
-from .partition import block_sizes, block_slices
+from .partition import block_sizes
 from .svd import factors_float64, singular_values
+from .tolerance import floor_dense, floor_factors, resolve_storage
 
 __all__ = [
-    "DENSE_FLOOR_SAFETY",
     "RankInfo",
-    "dense_noise_floor",
-    "factor_noise_floor",
     "factor_rank",
     "factor_rank_info",
     "layer_rank_info",
@@ -52,12 +49,6 @@ __all__ = [
     "numerical_rank",
     "rank_bound",
 ]
-
-DENSE_FLOOR_SAFETY = 2.0
-"""Safety factor of :func:`dense_noise_floor` over its estimate of the noise's spectral norm
-(measured on 80 random float16/bfloat16 matrices: the largest noise singular value stayed below
-0.52 times the estimate)."""
-
 
 def rank_bound(m: int, n: int, r: int, b: int) -> int:
     """The largest rank a BoRA update on an ``(m, n)`` weight can have.
@@ -119,81 +110,6 @@ class RankInfo:
         return float(S[k - 1] / dropped) if k > 0 else math.nan
 
 
-def dense_noise_floor(M: Any, storage_dtype: Any = None) -> float:
-    """Estimated spectral norm of the error of rounding the matrix ``M`` to ``storage_dtype``.
-
-    Rounding each entry to nearest adds $E_{pq} = M_{pq}\\delta_{pq}$, $|\\delta_{pq}| \\le u$,
-    modelled as independent with variance $(u|M_{pq}| + \\eta)^2/3$ ($\\eta = u \\cdot$
-    smallest normal covers subnormals). For independent entries
-    $\\|E\\|_2 \\approx \\max_p \\|E_{p,:}\\| + \\max_q \\|E_{:,q}\\|$, hence
-
-    $$\\text{floor} = c \\, \\frac{u}{\\sqrt{3}} \\Big(\\max_p \\|\\tilde M_{p,:}\\|_2 +
-    \\max_q \\|\\tilde M_{:,q}\\|_2\\Big), \\qquad \\tilde M = |M| + \\text{smallest normal},$$
-
-    with $c$ = :data:`DENSE_FLOOR_SAFETY`. For evenly sized entries this is
-    $c \\, u \\|M\\|_F (\\sqrt m + \\sqrt n) / \\sqrt{3 m n}$; unlike that formula it stays valid
-    when a few rows or columns dominate.
-
-    Args:
-        M: ``(m, n)`` NumPy array or torch tensor, real float dtype.
-        storage_dtype: dtype ``M`` was stored in (default: ``M``'s own dtype).
-
-    Raises:
-        ValueError: invalid ``M`` (see :func:`numerical_rank`) or unknown ``storage_dtype``.
-    """
-    arr, own = as_float64("M", M, ndim=2)
-    dtype = own if storage_dtype is None else storage_dtype_name(storage_dtype)
-    return _dense_floor(arr, dtype)
-
-
-def _dense_floor(arr: np.ndarray, dtype: str) -> float:
-    padded = np.abs(arr) + smallest_normal(dtype)  # (m, n)
-    spread = np.linalg.norm(padded, axis=1).max() + np.linalg.norm(padded, axis=0).max()
-    return float(DENSE_FLOOR_SAFETY * unit_roundoff(dtype) / math.sqrt(3.0) * spread)
-
-
-def factor_noise_floor(B: Any, A: Any, sigma: Any, storage_dtype: Any = "auto") -> float:
-    """Expected Frobenius norm of the change of $\\Delta W$ when its factors are rounded.
-
-    Rounding ``B``, ``A`` and ``sigma`` to a dtype of unit roundoff $u$ perturbs every term
-    $B_{pk}\\sigma_{ijk}A_{kq}$ of $\\Delta W$ by three independent relative errors of variance
-    $u^2/3$; to first order $E\\|\\delta\\Delta W\\|_F^2 = u^2 F^2$ with
-
-    $$F^2 = \\sum_{i, j} \\sum_{k=1}^{r} \\|\\tilde B_{i,:k}\\|_2^2 \\, \\tilde\\sigma_{ijk}^2 \\,
-    \\|\\tilde A_{k, j}\\|_2^2, \\qquad \\tilde x = |x| + \\text{smallest normal},$$
-
-    (the column ``k`` of the row block ``B_i`` and the row ``k`` of the column block ``A_j``).
-    The floor is $u F$: since $\\|\\cdot\\|_2 \\le \\|\\cdot\\|_F$, no singular value created by the
-    rounding is expected above it (measured on 180 random configurations: below $0.3\\,uF$).
-
-    Args:
-        B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)``. NumPy or torch, any float dtype.
-        storage_dtype: dtype the factors were stored in; ``"auto"`` takes the least precise of
-            the three inputs' dtypes.
-
-    Raises:
-        ValueError: invalid factors (see :func:`bora_ref.singular_values`) or unknown dtype.
-    """
-    B64, A64, s64, dtypes = factors_float64(B, A, sigma)
-    return _factor_floor(B64, A64, s64, _resolve_storage(storage_dtype, dtypes))
-
-
-def _resolve_storage(storage_dtype: Any, dtypes: tuple[str, ...]) -> str:
-    if isinstance(storage_dtype, str) and storage_dtype == "auto":
-        return max(dtypes, key=unit_roundoff)
-    return storage_dtype_name(storage_dtype)
-
-
-def _factor_floor(B: np.ndarray, A: np.ndarray, sigma: np.ndarray, dtype: str) -> float:
-    tiny = smallest_normal(dtype)
-    b = sigma.shape[0]
-    # Squared column norms of every row block of B and squared row norms of every column block of A.
-    b_sq = np.stack([((np.abs(B[sl]) + tiny) ** 2).sum(axis=0) for sl in block_slices(B.shape[0], b)])  # (b, r)
-    a_sq = np.stack([((np.abs(A[:, sl]) + tiny) ** 2).sum(axis=1) for sl in block_slices(A.shape[1], b)])  # (b, r)
-    F_sq = np.einsum("ik,ijk,jk->", b_sq, (np.abs(sigma) + tiny) ** 2, a_sq)
-    return float(unit_roundoff(dtype) * math.sqrt(F_sq))
-
-
 def _check_tolerances(rtol: Any, atol: Any) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is not None and (
@@ -228,7 +144,7 @@ def matrix_rank_info(
     Args:
         M: ``(m, n)`` NumPy array or torch tensor of a real float dtype, any device.
         rtol, atol: as in :func:`numerical_rank`.
-        storage_dtype: add the rounding-noise floor (:func:`dense_noise_floor`) of this dtype,
+        storage_dtype: add the rounding-noise floor (:func:`bora_ref.tolerance.dense_noise_floor`) of this dtype,
             or ``"auto"`` for ``M``'s own; then the relative rule uses float64's ``eps``.
             Default ``None``: the floor applies to float16/bfloat16 ``M`` only.
 
@@ -243,7 +159,7 @@ def matrix_rank_info(
         storage = own if isinstance(storage_dtype, str) and storage_dtype == "auto" else storage_dtype_name(storage_dtype)
     S = np.linalg.svd(arr, compute_uv=False)  # (min(m, n),) descending
     default_eps = dtype_eps("float64" if storage is not None else own)
-    floor = _dense_floor(arr, storage) if storage is not None else 0.0
+    floor = floor_dense(arr, storage) if storage is not None else 0.0
     return _cut(S, arr.shape, rtol, atol, default_eps, floor, storage)
 
 
@@ -255,7 +171,7 @@ def numerical_rank(M: Any, *, rtol: float | None = None, atol: float | None = No
 
     - float32/float64 input: NumPy's rule with ``eps`` of the input's dtype.
     - float16/bfloat16 input: NumPy's rule would give ``tol > σ₁`` (rank 0), so the default is
-      the rounding-noise floor of the dtype, :func:`dense_noise_floor` (or float64's rule if larger).
+      the rounding-noise floor of the dtype, :func:`bora_ref.tolerance.dense_noise_floor` (or float64's rule if larger).
     - ``rtol``/``atol`` given: ``tol = max(atol, rtol σ₁)`` like ``torch.linalg.matrix_rank``
       (a missing ``rtol`` is 0 when ``atol > 0``).
 
@@ -286,7 +202,7 @@ def factor_rank_info(
     Default: $\\mathrm{tol} = \\sigma_1 \\max(m, n) \\, \\varepsilon_{64}$ — the structured SVD is
     exact on the factors as given, whatever their dtype. If the factors are a rounded copy of
     the update you care about (trained in or saved to float32/float16/bfloat16), pass
-    ``storage_dtype`` (or ``"auto"``) to add :func:`factor_noise_floor`; never use
+    ``storage_dtype`` (or ``"auto"``) to add :func:`bora_ref.tolerance.factor_noise_floor`; never use
     ``max(m, n)·eps`` of a 16-bit dtype, which exceeds σ₁ and returns 0.
 
     Args:
@@ -300,9 +216,9 @@ def factor_rank_info(
     """
     B64, A64, s64, dtypes = factors_float64(B, A, sigma)
     _check_tolerances(rtol, atol)
-    storage = None if storage_dtype is None else _resolve_storage(storage_dtype, dtypes)
+    storage = None if storage_dtype is None else resolve_storage(storage_dtype, dtypes)
     S = singular_values(B64, A64, s64)
-    floor = _factor_floor(B64, A64, s64, storage) if storage is not None else 0.0
+    floor = floor_factors(B64, A64, s64, storage) if storage is not None else 0.0
     shape = (B64.shape[0], A64.shape[1])
     return _cut(S, shape, rtol, atol, dtype_eps("float64"), floor, storage)
 

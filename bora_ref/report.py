@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._arrays import single_blas_thread
+from ._report_md import ABLATION, HEATMAP, SPECTRA, render_report
 from ._validation import BoRAValueError, check_b, check_int
-from .measures import PAPER_THRESHOLD, rank_measures
+from .measures import rank_measures
 from .params import best_b, equal_budget_lora_rank, param_count, sum_param_counts
 from .plots import plot_ablation, plot_block_heatmap, plot_overhead_vs_b, plot_rank_vs_b, plot_spectra
 from .rank import factor_rank_info, rank_bound
@@ -43,10 +43,6 @@ __all__ = ["DEFAULT_BS", "DEFAULT_OUT", "DEFAULT_RS", "register", "write_report"
 DEFAULT_RS = (4, 8, 16)
 DEFAULT_BS = (1, 2, 4, 8, 16)
 DEFAULT_OUT = "bora-report"
-# Fixed small cases of the report: the spectra/measures shape, the ablation, the heatmap.
-_SPECTRA = (384, 384, 8, 16)  # MiniLM-L6 attention projection
-_ABLATION = (4096, 4096, 8, 8)  # LLaMA-2-7B attention projection
-_HEATMAP = (96, 64, 4, 4)
 
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -72,15 +68,9 @@ def _csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     _write_atomic(path, lambda p: p.write_text(buffer.getvalue(), encoding="utf-8"))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _spectra_section(seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """LoRA vs BoRA spectra at one shape, every ΔW scaled to unit Frobenius norm, with measures."""
-    m, n, r, b = _SPECTRA
+    m, n, r, b = SPECTRA
     r_budget = equal_budget_lora_rank(m, n, r, b)
     cases = {
         f"LoRA r={r}": sample_factors(m, n, r, b, sigma="identical", seed=seed),
@@ -158,7 +148,7 @@ def write_report(
     rows = rank_sweep(shapes, rs, bs, seed=seed, progress=progress)
     r_mid = rs[len(rs) // 2]  # the r of the collapse sweep, the parameter table and the rank-vs-b figure
     collapse = collapse_sweep(shapes, [r_mid], [b for b in bs if b > 1] or bs, seed=seed, progress=progress)
-    ablation = partial_sigma_ablation(*_ABLATION, seed=seed)
+    ablation = partial_sigma_ablation(*ABLATION, seed=seed)
     spectra, measures = _spectra_section(seed)
     params = _model_params(shapes, r_mid, bs)
 
@@ -170,10 +160,10 @@ def write_report(
     overview_bs = [b for b in sorted({*bs, 32, 64, 128}) if b <= min(min(s.m, s.n) for s in overview)]
     figures = {
         "rank_vs_b.png": plot_rank_vs_b([x for x in rows if x.r == r_mid]),
-        "spectra.png": plot_spectra(spectra, title=f"ΔW spectra, {_SPECTRA[0]}×{_SPECTRA[1]}, ‖ΔW‖_F = 1"),
+        "spectra.png": plot_spectra(spectra, title=f"ΔW spectra, {SPECTRA[0]}×{SPECTRA[1]}, ‖ΔW‖_F = 1"),
         "overhead_vs_b.png": plot_overhead_vs_b(overview, overview_bs, r=r_mid),  # first shape of each model
-        "ablation.png": plot_ablation(ablation, r=_ABLATION[2]),
-        "block_heatmap.png": plot_block_heatmap(*sample_factors(*_HEATMAP, seed=seed)),
+        "ablation.png": plot_ablation(ablation, r=ABLATION[2]),
+        "block_heatmap.png": plot_block_heatmap(*sample_factors(*HEATMAP, seed=seed)),
     }
     for name, fig in figures.items():
         _write_atomic(out / name, lambda p, fig=fig: fig.savefig(p, format="png", dpi=110))
@@ -188,96 +178,10 @@ def write_report(
         "collapse_ok": sum(c.separable <= c.r and c.identical == min(c.r, c.m, c.n) for c in collapse),
         "collapse_total": len(collapse), "seconds": time.perf_counter() - start,
     }
-    markdown = _markdown(summary, shapes, rows, params, collapse, ablation, measures, rs, bs, seed)
+    markdown = render_report(summary, shapes, rows, params, collapse, ablation, measures, rs, bs, seed)
     _write_atomic(out / "report.md", lambda p: p.write_text(markdown, encoding="utf-8"))
     summary["files"] = sorted(str(out / name) for name in [*figures, *tables, "report.md"])
     return summary
-
-
-def _markdown(summary, shapes, rows, params, collapse, ablation, measures, rs, bs, seed) -> str:  # type: ignore[no-untyped-def]
-    worst = summary["max_overhead"]
-    sweep_table = _table(
-        ("model", "layers", "m × n", "r", "b", "bound", "measured", "LoRA rank", "LoRA rank, same budget", "Σ overhead"),
-        [(x.model, x.module, f"{x.m} × {x.n}", x.r, x.b, x.bound, x.measured, x.lora_rank, x.equal_budget_lora_rank,
-          f"{x.overhead_pct:.2f} %") for x in rows],
-    )
-    params_table = _table(("model", "r", "b", "LoRA params", "Σ params", "total", "overhead"),
-                          [(p["model"], p["r"], p["b"], f"{p['lora']:,}", f"{p['sigma']:,}", f"{p['total']:,}",
-                            f"{p['overhead_pct']:.2f} %") for p in params])
-    best_table = _table(("model", "layers", "m × n", "best b ≈ √(m+n)"),
-                        [(s.model, s.module, f"{s.m} × {s.n}", best_b(s.m, s.n)) for s in shapes])
-    collapse_table = _table(("model", "layers", "m × n", "r", "b", "bound", "random Σ", "separable Σ", "identical Σ"),
-                            [(c.model, c.module, f"{c.m} × {c.n}", c.r, c.b, c.bound, c.random, c.separable,
-                              c.identical) for c in collapse])
-    ablation_table = _table(("k", "rank"), [(a.k, a.rank) for a in ablation if a.k <= 20 or a.k % 8 == 0])
-    measures_table = _table(
-        ("ΔW", "numerical rank", "gap σ_k/σ_k+1", "effective rank", "stable rank", "energy rank 90 %",
-         "energy rank 99 %", f"paper: #σ > {PAPER_THRESHOLD}", "paper: Σσ²"),
-        [(x["update"], x["numerical_rank"], f"{x['gap']:.3g}", f"{x['effective_rank']:.1f}", f"{x['stable_rank']:.1f}",
-          x["energy_rank_90"], x["energy_rank_99"], x["paper_threshold_rank"], f"{x['paper_sum_sq']:.3f}")
-         for x in measures],
-    )
-    m, n, r, b = _ABLATION
-    return f"""# BoRA rank report
-
-Generated by `bora-ref report` (bora_ref {__version__}, seed {seed}) in {summary['seconds']:.1f} s.
-Models: {', '.join(dict.fromkeys(s.model for s in shapes))}; r ∈ {{{', '.join(map(str, rs))}}}, b ∈ {{{', '.join(map(str, bs))}}}.
-Layer shapes and their sources: `bora_ref/data/model_shapes.json`. Ranks come from the exact
-structured SVD of random Gaussian factors (`bora_ref.factor_rank`, tolerance σ₁·max(m, n)·ε₆₄).
-
-## Headline
-
-- **The rank bound is attained in {summary['attained']}/{summary['configs']} configurations** (BoRA with random
-  factors reaches `rank_bound(m, n, r, b) = min(b·r, m, n)` for even splits; LoRA stays at `r`).
-- Largest Σ overhead over LoRA of the same `r`: **{worst.overhead_pct:.2f} %** ({worst.model} {worst.module},
-  {worst.m} × {worst.n}, b = {worst.b}); the overhead `b²/(m + n)` does not depend on `r`.
-- Σ structure matters: separable Σ gives rank ≤ r and identical Σ gives LoRA's rank in
-  {summary['collapse_ok']}/{summary['collapse_total']} configurations.
-
-## 1. Measured rank against the bound
-
-![rank vs b](rank_vs_b.png)
-
-{sweep_table}
-
-Full table: `sweep.csv`.
-
-## 2. Parameters per model (every adapted projection, r = {params[0]['r']})
-
-{params_table}
-
-![parameter overhead](overhead_vs_b.png)
-
-Best `b` per shape (fewest parameters per unit of rank, DESIGN.md fact 5):
-
-{best_table}
-
-## 3. Σ structure: separable and identical Σ collapse the rank
-
-{collapse_table}
-
-## 4. Partial-Σ ablation ({m} × {n}, r = {r}, b = {b})
-
-Starting from LoRA (one shared diagonal), `k` of the b² = {b * b} blocks get their own Σ_ij
-(seeded random order). Full table: `ablation.csv`.
-
-![ablation](ablation.png)
-
-{ablation_table}
-
-## 5. Spectra and rank measures ({_SPECTRA[0]} × {_SPECTRA[1]}, ‖ΔW‖_F = 1)
-
-![spectra](spectra.png)
-
-{measures_table}
-
-The paper's measures (count above the absolute threshold {PAPER_THRESHOLD}, Σσ²) depend on the scale
-of ΔW; the numerical rank uses a relative tolerance (see `docs/rank.md`).
-
-## 6. Block structure
-
-![block structure of ΔW](block_heatmap.png)
-"""
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -342,7 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="rank and parameter report on real model shapes (the main job)",
                        description=_REPORT_HELP, epilog=_REPORT_EPILOG, formatter_class=fmt)
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help=f"output folder, created if missing; our files in it are replaced (default: {DEFAULT_OUT})")
+                   help=f"output folder, created if missing; the report's files in it are replaced, other files kept "
+                        f"(default: {DEFAULT_OUT})")
     p.add_argument("--models", nargs="+", choices=shipped_models(), metavar="NAME",
                    help=f"models to include (default: all): {', '.join(shipped_models())}")
     p.add_argument("--r", nargs="+", type=int, default=list(DEFAULT_RS), metavar="R",

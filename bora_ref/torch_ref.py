@@ -10,19 +10,17 @@ the ``b`` projections with the ``b x b`` diagonals (per rank channel), and lifts
 block-wise, each step a strided batched matmul on views (:class:`_BoRAMatmul`). Besides its
 output ``(N, m)`` it allocates (and saves for backward) two ``(b, r, N)`` tensors, so it costs
 LoRA's two matmuls plus ``b² r`` multiply-adds per token. It is first-order differentiable
-(a custom backward; differentiating twice raises). ``delta_weight`` is the plain, readable route.
+(a custom backward; ``create_graph=True`` raises). ``delta_weight`` is the plain, readable route.
 Unlike the NumPy reference, the torch paths check shapes but not values (no NaN scan): a
 data-dependent check would force a device sync on every forward.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Any, NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ._validation import check_factors, check_same_dtype_device, check_x
 from .partition import block_sizes
@@ -103,7 +101,6 @@ class _Run(NamedTuple):
     offset: int
 
 
-@functools.lru_cache(maxsize=256)
 def _runs(dim: int, b: int) -> tuple[_Run, ...]:
     """The array_split blocks of ``dim`` as at most two runs of equal blocks (one when ``b`` divides ``dim``)."""
     runs, first, offset = [], 0, 0
@@ -115,7 +112,7 @@ def _runs(dim: int, b: int) -> tuple[_Run, ...]:
 
 
 def _blocks(t: torch.Tensor, run: _Run, axis: int, *, transpose: bool = False) -> torch.Tensor:
-    """The run's blocks of a 2-D ``t`` along ``axis``, stacked in front: one ``as_strided`` view, no copy.
+    """The run's blocks of a 2-D ``t`` along ``axis``, stacked in front: a strided view, no copy.
 
     ``axis=1``, ``t (rows, dim)`` -> ``(count, rows, size)``; ``axis=0``, ``t (dim, cols)`` ->
     ``(count, size, cols)``; ``transpose=True`` swaps the last two dimensions.
@@ -126,38 +123,41 @@ def _blocks(t: torch.Tensor, run: _Run, axis: int, *, transpose: bool = False) -
     if transpose:
         shape.reverse()
         strides.reverse()
-    return t.as_strided((run.count, *shape), (run.size * step, *strides), t.storage_offset() + run.offset * step)
+    # narrow() sets the start; as_strided() keeps it (no storage_offset(), which torch.compile cannot trace).
+    return t.narrow(axis, run.offset, run.count * run.size).as_strided((run.count, *shape), (run.size * step, *strides))
 
 
 class _BoRAMatmul(torch.autograd.Function):
-    """``y = x ΔW^T`` for ``x (N, n)`` as strided batched matmuls; backward saves only ``(b, r, N)`` tensors.
+    """``y = x ΔW^T`` for ``x (N, n)`` as strided batched matmuls; saves only ``(r, b, N)`` tensors.
 
-    Forward, with ``z_j = A_j x_j^T`` and ``u_i = Σ_j diag(σ_ij) z_j`` (both ``(r, N)`` per block):
+    Forward, with ``z_j = A_j x_j^T`` and ``u_i = Σ_j diag(σ_ij) z_j`` (``(r, N)`` per block):
 
     1. project: one ``bmm`` per run of equal column blocks, ``(count, r, n_j) @ (count, n_j, N)``,
-       reading ``x``'s blocks in place (strided views) into ``zt (b, r, N)``;
-    2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r``;
+       reading ``x``'s blocks in place (strided views) into ``zt (r, b, N)``;
+    2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r`` -> ``ut``;
     3. lift: one ``bmm`` per run of row blocks, written through ``out=`` straight into the
        column blocks of ``y (N, m)`` (no transpose copy, no concatenation).
 
     Every product is an ``out=`` BLAS call on views, so ``x`` and ``y`` are never copied and the
-    dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward applies
-    the transposed steps in reverse order the same way. Uneven splits are at most two runs, so
-    they cost two ``bmm`` calls per step instead of one. First-order differentiable only.
+    dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward runs the
+    transposed steps in reverse order the same way. An uneven split is two runs (array_split's
+    larger blocks, then the smaller ones), so it costs two ``bmm`` calls per step instead of one.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
-        zt = x.new_empty(b, r, N)  # zt[j] = A_j @ x_j^T
-        for run in _runs(n, b):
+        ctx.row_runs, ctx.col_runs = _runs(m, b), _runs(n, b)
+        zt = x.new_empty(r, b, N)  # zt[:, j] = A_j @ x_j^T; rank channel first, for the mixing bmm
+        for run in ctx.col_runs:
             # (count, r, n_j) @ (count, n_j, N) -> (count, r, N)
-            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=zt[run.first : run.first + run.count])
+            out = zt[:, run.first : run.first + run.count].transpose(0, 1)
+            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=out)
         sigma_k = sigma.permute(2, 0, 1).contiguous()  # (r, b, b): sigma_k[k] = sigma[:, :, k]
         ut = x.new_empty(r, b, N)
-        torch.bmm(sigma_k, zt.transpose(0, 1), out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[j, k]
+        torch.bmm(sigma_k, zt, out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[k, j]
         y = x.new_empty(N, m)
-        for run in _runs(m, b):
+        for run in ctx.row_runs:
             # (count, N, r) @ (count, r, m_i) -> the column blocks of y, (count, N, m_i)
             u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
             torch.bmm(u_blocks, _blocks(B, run, 0, transpose=True), out=_blocks(y, run, 1))
@@ -165,33 +165,37 @@ class _BoRAMatmul(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: these out= products record no graph
+            raise RuntimeError(
+                "bora_matmul is first-order differentiable only: backward(create_graph=True) and higher-order "
+                "gradients are not supported; use x @ torch_ref.delta_weight(B, A, sigma).T for those"
+            )
         x, B, A, sigma_k, zt, ut = ctx.saved_tensors
         need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
-        (N, n), (m, r), b = x.shape, B.shape, zt.shape[0]
+        (N, n), (m, r), b = x.shape, B.shape, zt.shape[1]
         gx = gB = gA = gsigma = None
 
         gut = gy.new_empty(r, b, N)  # d loss / d ut
-        for run in _runs(m, b):
+        for run in ctx.row_runs:
             # (count, r, m_i) @ (count, m_i, N) -> (count, r, N)
             out = gut[:, run.first : run.first + run.count].transpose(0, 1)
             torch.bmm(_blocks(B, run, 0, transpose=True), _blocks(gy, run, 1, transpose=True), out=out)
         if need_B:
             gB = gy.new_empty(m, r)
-            for run in _runs(m, b):
+            for run in ctx.row_runs:
                 # (count, m_i, N) @ (count, N, r) -> (count, m_i, r)
                 u_blocks = ut[:, run.first : run.first + run.count].permute(1, 2, 0)
                 torch.bmm(_blocks(gy, run, 1, transpose=True), u_blocks, out=_blocks(gB, run, 0))
         if need_sigma:
-            gsigma_k = gy.new_empty(r, b, b)
-            torch.bmm(gut, zt.permute(1, 2, 0), out=gsigma_k)  # (r, b, N) @ (r, N, b)
-            gsigma = gsigma_k.permute(1, 2, 0).contiguous()  # (b, b, r)
+            gsigma_kji = gy.new_empty(r, b, b)
+            torch.bmm(zt, gut.transpose(1, 2), out=gsigma_kji)  # [k, j, i] = sum_n zt[k, j, n] * gut[k, i, n]
+            gsigma = gsigma_kji.permute(2, 1, 0).contiguous()  # (b, b, r)
         if need_x or need_A:
             gzt = gy.new_empty(r, b, N)
             torch.bmm(sigma_k.transpose(1, 2), gut, out=gzt)  # gzt[k, j] = sum_i sigma[i, j, k] * gut[k, i]
             del gut  # lowers the peak: gx below is the largest allocation
-            runs = _runs(n, b)
+            runs = ctx.col_runs
             gz_blocks = [gzt[:, run.first : run.first + run.count].transpose(0, 1) for run in runs]  # (count, r, N)
             if need_x:
                 gx = gy.new_empty(N, n)

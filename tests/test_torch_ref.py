@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bora_ref import numpy_ref, torch_ref
+from bora_ref import block_sizes, numpy_ref, torch_ref
 from bora_ref.testing import strategies as bst
 
 from ._helpers import abs_bound, random_factors
@@ -151,3 +151,54 @@ def test_torch_bora_matmul_rejects_bad_x(x, match):
     _, B, A, sigma = _valid()
     with pytest.raises(ValueError, match=match):
         torch_ref.bora_matmul(x, B, A, sigma)
+
+
+@pytest.mark.parametrize("dim", [1, 7, 12, 13, 896, 4096, 11008])
+def test_fast_path_runs_tile_the_array_split_blocks(dim):
+    # The fast path batches equal blocks into runs; they must reproduce block_sizes exactly.
+    for b in sorted({1, 2, 3, 5, 7, 8, 16, dim} & set(range(1, min(dim, 16) + 1)) | {dim}):
+        runs = torch_ref._runs(dim, b)
+        assert len(runs) <= 2
+        assert [run.size for run in runs for _ in range(run.count)] == list(block_sizes(dim, b))
+        assert [run.first for run in runs] == [0, *([runs[0].count] if len(runs) == 2 else [])]
+        assert [run.offset for run in runs] == [0, *([runs[0].count * runs[0].size] if len(runs) == 2 else [])]
+
+
+@pytest.mark.parametrize("wanted", ["x", "B", "A", "sigma"])
+@pytest.mark.parametrize("shape", [(12, 8, 3, 4), (13, 7, 5, 3)])
+def test_backward_computes_exactly_the_requested_gradients(wanted, shape, rng):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((2, 3, n))
+    w = rng.standard_normal((m, 3, 2))  # permuted below: a non-contiguous upstream gradient
+    names = ("x", "B", "A", "sigma")
+    fast = dict(zip(names, _t(x, B, A, sigma)))
+    fast[wanted].requires_grad_()
+    (torch_ref.bora_matmul(*fast.values()) * torch.from_numpy(w).permute(2, 1, 0)).sum().backward()
+    dense = [t.requires_grad_() for t in _t(x, B, A, sigma)]
+    (dense[0] @ torch_ref.delta_weight(*dense[1:]).T * torch.from_numpy(w).permute(2, 1, 0)).sum().backward()
+    for name, d in zip(names, dense):
+        if name == wanted:
+            torch.testing.assert_close(fast[name].grad, d.grad, rtol=1e-12, atol=1e-12)
+        else:
+            assert fast[name].grad is None
+
+
+def test_autocast_does_not_change_the_dtype(rng):
+    m, n, r, b = 24, 20, 4, 4
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x = rng.standard_normal((5, n))
+    tx, tB, tA, ts = (t.float() for t in _t(x, B, A, sigma))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch_ref.bora_matmul(tx, tB, tA, ts)
+    assert y.dtype == torch.float32
+    # float32 accuracy, not bfloat16's: the budget is float32 roundoff on the rounded inputs.
+    xr, Br, Ar, sr = (t.double().numpy() for t in (tx, tB, tA, ts))
+    tol = 4 * (n + b + r) * torch.finfo(torch.float32).eps * abs_bound(xr, Br, Ar, sr)
+    assert np.all(np.abs(y.double().numpy() - numpy_ref.bora_matmul(xr, Br, Ar, sr)) <= tol)
+
+
+def test_second_derivatives_raise_a_clear_error():
+    x, B, A, sigma = (t.double().requires_grad_() for t in _valid())
+    with pytest.raises(RuntimeError, match=r"first-order differentiable only: backward\(create_graph=True\)"):
+        torch.autograd.grad(torch_ref.bora_matmul(x, B, A, sigma).sum(), x, create_graph=True)

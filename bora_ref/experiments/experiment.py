@@ -42,8 +42,10 @@ class Setting:
         max_train, max_eval: stratified caps on the train and on each eval part (``None``: all).
         seeds: training seeds (head init, adapter init, batch order, dropout).
         r, bs: LoRA/BoRA rank and BoRA block counts. target_modules: adapted projections.
-        train: optimisation of every adapter. upgrade_epochs, upgrade_b, upgrade_lr: the
-        LoRA → BoRA Σ-only experiment. timing_*: the step-cost measurement.
+        train: optimisation of every adapter (its ``lr`` is replaced by the chosen one).
+        lrs: learning rates tried per method on the first seed; the best by validation accuracy
+        is used for every seed. upgrade_epochs, upgrade_b: the LoRA → BoRA Σ-only experiment (at
+        LoRA's learning rate). timing_*: the step-cost measurement.
     """
 
     name: str
@@ -60,7 +62,7 @@ class Setting:
     train: TrainConfig = field(default_factory=TrainConfig)
     upgrade_epochs: int = 1
     upgrade_b: int = 8
-    upgrade_lr: float = 3e-3
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
     timing_batch: int = 32
     timing_steps: int = 5
     timing_repeats: int = 5
@@ -171,23 +173,37 @@ def run_experiment(
 
     specs = adapter_specs(setting, m, n)
     rank_every = max(1, cfg.rank_every or (len(enc["train"]) // cfg.batch_size) // 4)
-    runs, upgrades = [], []
-    for seed in setting.seeds:
-        for spec in specs:
-            model = _fresh(pristine, spec, setting, seed, device)
-            log = train(model, enc["train"], replace(cfg, rank_every=rank_every), seed=seed, device=device, desc=f"{spec.name} seed {seed}")
-            run = {"method": spec.name, "seed": seed, "b": spec.b, "r": spec.r, "sigma_param": spec.sigma_param,
-                   "trainable": trainable_parameters(model), **evaluate_all(model), "losses": log.losses,
-                   "step_seconds": float(np.median(log.step_seconds)), "rank_history": log.ranks,
-                   "ranks": layer_ranks(model), "sigma": _sigma_summary(model)}
-            if seed == setting.seeds[0]:
+
+    def fit(spec: AdapterSpec, seed: int, lr: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+        model = _fresh(pristine, spec, setting, seed, device)
+        log = train(model, enc["train"], replace(cfg, lr=lr, rank_every=rank_every), seed=seed, device=device,
+                    desc=f"{spec.name} seed {seed} lr {lr:g}")
+        run = {"method": spec.name, "seed": seed, "lr": lr, "b": spec.b, "r": spec.r, "sigma_param": spec.sigma_param,
+               "train_sigma": spec.train_sigma,
+               "trainable": trainable_parameters(model), **evaluate_all(model), "losses": log.losses,
+               "step_seconds": float(np.median(log.step_seconds)), "rank_history": log.ranks,
+               "ranks": layer_ranks(model), "sigma": _sigma_summary(model)}
+        return model, run
+
+    runs, sweep, upgrades = [], [], []
+    for spec in specs:
+        # Learning rate: each method gets the best of setting.lrs by validation accuracy on the first seed.
+        first = setting.seeds[0]
+        fitted = {lr: fit(spec, first, lr) for lr in setting.lrs}
+        best = max(setting.lrs, key=lambda lr: fitted[lr][1]["val"])  # ties: the smaller lr (listed first)
+        sweep += [{"method": spec.name, "lr": lr, "val": run["val"], "test": run["test"], "chosen": lr == best}
+                  for lr, (_, run) in fitted.items()]
+        for seed in setting.seeds:
+            model, run = fitted.pop(best) if seed == first else fit(spec, seed, best)
+            fitted.clear()  # the other learning rates' models are not needed any more
+            if seed == first:
                 # Past the rank bound a spectrum is zeros: keep twice the bound (plots, JSON size).
                 run["spectra"] = {k: S[: 2 * run["ranks"][k]["bound"]].tolist() for k, S in layer_spectra(model).items()}
             runs.append(run)
             if spec == specs[0]:
-                upgrades += _upgrade(model, run, setting, cfg, enc, evaluate_all, seed, device)
+                upgrades += _upgrade(model, run, setting, replace(cfg, lr=best), enc, evaluate_all, seed, device)
             del model
-    results["runs"], results["upgrade"] = runs, upgrades
+    results["runs"], results["lr_sweep"], results["upgrade"] = runs, sweep, upgrades
     results["timing"] = _timing(pristine, setting, specs, enc["train"], device)
     return results
 
@@ -197,17 +213,17 @@ def _upgrade(lora: torch.nn.Module, start: dict[str, Any], setting: Setting, cfg
     """Σ-only training of a BoRA upgrade of the trained LoRA, both Σ parameterisations, and a LoRA control."""
     batch, _ = enc["val"].batch(torch.arange(min(64, len(enc["val"]))), device)
     before = _logits(lora, batch)
-    ucfg = replace(cfg, epochs=setting.upgrade_epochs, lr=setting.upgrade_lr, rank_every=0)
+    ucfg = replace(cfg, epochs=setting.upgrade_epochs, rank_every=0)  # LoRA's learning rate
     out = []
     for variant in ("raw", "exp_norm", "control"):
         model = copy.deepcopy(lora)
-        if variant == "control":  # the same extra steps for LoRA itself (A, B, head), at the adapters' lr
-            ucfg_v, name = replace(ucfg, lr=cfg.lr), f"LoRA r={setting.r} + {setting.upgrade_epochs} more epoch(s)"
+        if variant == "control":  # the same extra steps for LoRA itself (A, B and head trainable)
+            name = f"LoRA r={setting.r} + {setting.upgrade_epochs} more epoch(s)"
         else:
             upgrade_to_bora(model, setting.upgrade_b, variant)
-            ucfg_v, name = ucfg, f"LoRA r={setting.r} → BoRA b={setting.upgrade_b}, Σ-only ({variant})"
+            name = f"LoRA r={setting.r} → BoRA b={setting.upgrade_b}, Σ-only ({variant})"
         diff0 = float((_logits(model, batch) - before).abs().max())
-        log = train(model, enc["train"], ucfg_v, seed=seed + 1000, device=device, desc=f"{name} seed {seed}")
+        log = train(model, enc["train"], ucfg, seed=seed + 1000, device=device, desc=f"{name} seed {seed}")
         out.append({"method": name, "seed": seed, "variant": variant, "trainable": trainable_parameters(model),
                     "start_val": start["val"], "start_test": start["test"], **evaluate_all(model),
                     "max_logit_change_at_start": diff0, "losses": log.losses,

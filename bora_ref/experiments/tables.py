@@ -12,7 +12,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_std", "accuracy_table", "upgrade_table", "timing_table", "rank_table", "overhead_table", "sigma_table", "all_tables"]
+__all__ = [
+    "PAPER_GAIN",
+    "accuracy_table",
+    "all_tables",
+    "lr_table",
+    "mean_std",
+    "overhead_table",
+    "rank_table",
+    "sigma_table",
+    "timing_table",
+    "upgrade_table",
+    "verdict",
+]
+
+PAPER_GAIN = (2.3, 4.1)
+"""The accuracy gain over LoRA the BoRA paper reports, in points."""
 
 
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -58,6 +73,18 @@ def accuracy_table(results: dict[str, Any]) -> str:
     header = ["method", "trainable params", "val acc %", "test acc %", "Δ test vs " + methods[0] + " (paired)",
               "90%-energy rank", "numerical rank / bound"]
     return _md(header, rows)
+
+
+def lr_table(results: dict[str, Any]) -> str:
+    """Validation (and test) accuracy of every method at every learning rate tried on the first seed."""
+    sweep = results["lr_sweep"]
+    lrs = sorted({row["lr"] for row in sweep})
+    rows = []
+    for method in _methods(sweep):
+        cells = {row["lr"]: row for row in sweep if row["method"] == method}
+        rows.append([method] + [f"{'**' if cells[lr]['chosen'] else ''}{100 * cells[lr]['val']:.1f}"
+                                f"{'**' if cells[lr]['chosen'] else ''} ({100 * cells[lr]['test']:.1f})" for lr in lrs])
+    return _md(["method", *[f"lr {lr:g}: val % (test %)" for lr in lrs]], rows)
 
 
 def upgrade_table(results: dict[str, Any]) -> str:
@@ -126,13 +153,53 @@ def overhead_table(results: dict[str, Any]) -> str:
     return _md(header, rows)
 
 
+def _paired(results: dict[str, Any], method: str, ref: str) -> np.ndarray:
+    mine, base = _by_seed(results["runs"], method, "test"), _by_seed(results["runs"], ref, "test")
+    return 100 * np.array([mine[s] - base[s] for s in mine if s in base])
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """A paragraph, computed from the numbers, on BoRA's gain over LoRA against :data:`PAPER_GAIN`.
+
+    A paired gain counts as resolved when its mean is more than two standard errors from 0
+    (with one seed nothing is resolved).
+    """
+    runs = results["runs"]
+    methods = _methods(runs)
+    lora = methods[0]
+    equal = {m: m for m in methods if "equal budget" in m}
+    lines = []
+    if results["setting"]["name"] == "smoke":
+        lines.append("**Smoke setting**: a few steps on a tiny subset with one seed; these numbers are no evidence either way.")
+    for method in (m for m in methods if m.startswith("BoRA")):
+        d = _paired(results, method, lora)
+        se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else np.inf
+        where = ("within" if PAPER_GAIN[0] <= d.mean() <= PAPER_GAIN[1] else
+                 "above" if d.mean() > PAPER_GAIN[1] else "below")
+        resolved = "resolved from 0" if abs(d.mean()) > 2 * se else "not resolved from 0"
+        text = (f"- **{method}** vs {lora}: {d.mean():+.1f} points (paired over {d.size} seeds, std {d.std(ddof=1) if d.size > 1 else 0:.1f}, "
+                f"{resolved} at 2 standard errors), {where} the paper's +{PAPER_GAIN[0]}–{PAPER_GAIN[1]}")
+        for eq in equal:
+            e = _paired(results, method, eq)
+            text += f"; vs {eq}: {e.mean():+.1f}"
+        lines.append(text + ".")
+    base = 100 * results["baseline"]["test_acc"]
+    best = max(methods, key=lambda m: np.mean(list(_by_seed(runs, m, "test").values())))
+    best_acc = 100 * np.mean(list(_by_seed(runs, best, "test").values()))
+    lines.append(f"- Best fine-tuned method: {best} at {best_acc:.1f}% test accuracy; the frozen-embedding baseline "
+                 f"reaches {base:.1f}% ({best_acc - base:+.1f} points).")
+    return "\n".join(lines)
+
+
 def all_tables(results: dict[str, Any]) -> str:
     """Every table with a heading, for the command line and the docs."""
     d = results["data"]
     head = (f"model: {results['model']} ({results['model_params']:,} params), device: {results['device']}, "
             f"setting: {results['setting']['name']}, seeds: {results['setting']['seeds']}, "
             f"data: BBC News {results['setting']['text_field']} train/val/test = {d['train']}/{d['val']}/{d['test']}")
-    parts = [head, "## Accuracy", accuracy_table(results), "## LoRA → BoRA (Σ only)", upgrade_table(results),
+    parts = [head, "## Accuracy", accuracy_table(results), "## Learning rates (first seed)", lr_table(results),
+             "## LoRA → BoRA (Σ only)", upgrade_table(results),
              "## Learned Σ", sigma_table(results), "## Rank of ΔW by layer", rank_table(results),
-             "## Step cost", timing_table(results), "## Parameter overhead", overhead_table(results)]
+             "## Step cost", timing_table(results), "## Parameter overhead", overhead_table(results),
+             "## Verdict", verdict(results)]
     return "\n\n".join(parts)

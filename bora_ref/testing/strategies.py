@@ -12,6 +12,7 @@ Shapes use DESIGN.md's names: ``(m, n, r, b)`` with ``B (m, r)``, ``A (r, n)``,
   :func:`~bora_ref.testing.check_implementation` from hypothesis.
 
 Example:
+    >>> import torch
     >>> from hypothesis import given
     >>> from bora_ref import numpy_ref
     >>> from bora_ref.testing import strategies as bst
