@@ -81,8 +81,8 @@ def plot_rank_vs_b(rows: Sequence[SweepRow], *, ncols: int = 3) -> Figure:
 def plot_spectra(spectra: Mapping[str, Any], *, title: str = "singular values of ΔW", normalize: bool = True) -> Figure:
     """Singular-value spectra side by side (e.g. LoRA vs BoRA), log scale.
 
-    Zeros cannot be drawn on a log axis and are left out (the legend gives the count of
-    non-zero values).
+    Zeros cannot be drawn on a log axis and are left out. To hide rounding noise, pass only the
+    values above a rank tolerance (e.g. ``info.singular_values[:info.rank]`` of a ``RankInfo``).
 
     Args:
         spectra: label -> ``(k,)`` singular values (NumPy or torch, non-negative).
@@ -103,7 +103,7 @@ def plot_spectra(spectra: Mapping[str, Any], *, title: str = "singular values of
         if normalize and S[0] > 0:
             S = S / S[0]
         k = np.flatnonzero(S > 0)
-        ax.plot(k + 1, S[k], ".-", markersize=3, label=f"{label} ({len(k)} non-zero)")
+        ax.plot(k + 1, S[k], ".-", markersize=3, label=label)
     ax.set(yscale="log", xlabel="index k", ylabel="σ_k / σ_1" if normalize else "σ_k", title=title)
     ax.legend(fontsize="small")
     return fig

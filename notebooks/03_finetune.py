@@ -37,7 +37,8 @@
 #
 # **Settings** (`bora_ref.experiments.experiment.SETTINGS`): `BORA_SMOKE=1` runs a tiny subset
 # with one seed in a few minutes (what CI runs; its accuracies mean nothing);
-# `BORA_SETTING=cpu` is the full CPU run (3 seeds, about 25 minutes on two shared cores);
+# `BORA_SETTING=cpu` is the full CPU run (3 seeds, 3 learning rates, about half an hour on two
+# shared cores);
 # `BORA_SETTING=cuda` (the default when a GPU is present) trains longer on more seeds.
 #
 # **Model.** all-MiniLM-L6-v2 (sentence-transformers; BERT-style, 6 layers, hidden 384,
@@ -58,6 +59,7 @@
 
 # %%
 # %matplotlib inline
+import json
 import os
 
 import matplotlib.pyplot as plt
@@ -96,6 +98,9 @@ for i in rng.choice(len(bbc), size=5, replace=False):
 
 # %%
 results = run_experiment(setting, device=device)
+if os.environ.get("BORA_RESULTS_JSON"):  # keep every number of the run (docs/finetune.md is written from it)
+    with open(os.environ["BORA_RESULTS_JSON"], "w", encoding="utf-8") as fh:
+        json.dump(results, fh)
 print(tables.all_tables(results).split("\n\n")[0])
 
 # %% [markdown]
@@ -160,7 +165,7 @@ plt.show()
 # %%
 first = [run for run in runs if run["seed"] == setting.seeds[0]]
 layer = list(first[0]["ranks"])[-1]  # the last adapted layer
-display(plots.plot_spectra({run["method"]: run["spectra"][layer] for run in first}, title=f"ΔW of {layer}"))
+display(plots.plot_spectra({run["method"]: np.asarray(run["spectra"][layer]) for run in first}, title=f"ΔW of {layer}"))
 display(Markdown(tables.rank_table(results)))
 for run in runs:
     for name, rk in run["ranks"].items():

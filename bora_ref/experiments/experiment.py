@@ -2,7 +2,7 @@
 
 ``python -m bora_ref.experiments --setting cpu --json results.json`` runs it and prints the
 tables (:mod:`bora_ref.experiments.tables`). Settings: ``smoke`` (seconds-scale, for CI),
-``cpu`` (what a laptop finishes in ~25 min), ``cuda`` (more data per step, epochs and seeds).
+``cpu`` (~30 min on two busy shared cores), ``cuda`` (more epochs, seeds and learning rates).
 :func:`setting_from_env` picks one: ``BORA_SETTING`` if set, else ``smoke`` when
 ``BORA_SMOKE=1``, else ``cuda`` when a GPU is present, else ``cpu``.
 """
@@ -69,11 +69,12 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    "smoke": Setting("smoke", max_train=60, max_eval=40, seeds=(0,), train=TrainConfig(epochs=1, batch_size=16),
+    "smoke": Setting("smoke", max_train=60, max_eval=40, seeds=(0,), lrs=(1e-2,), train=TrainConfig(epochs=1, batch_size=16),
                      timing_batch=8, timing_steps=1, timing_repeats=1),
-    "cpu": Setting("cpu", seeds=(0, 1, 2), train=TrainConfig(epochs=3, batch_size=32)),
-    "cuda": Setting("cuda", seeds=(0, 1, 2, 3, 4), max_length=48, train=TrainConfig(epochs=10, batch_size=32),
-                    upgrade_epochs=3, timing_repeats=10, timing_steps=20),
+    "cpu": Setting("cpu", seeds=(0, 1, 2), lrs=(3e-3, 1e-2, 3e-2), train=TrainConfig(epochs=2, batch_size=32),
+                   timing_steps=3, timing_repeats=5),
+    "cuda": Setting("cuda", seeds=(0, 1, 2, 3, 4), lrs=(1e-3, 3e-3, 1e-2, 3e-2), train=TrainConfig(epochs=10, batch_size=32),
+                    upgrade_epochs=3, timing_steps=20, timing_repeats=10),
 }
 
 

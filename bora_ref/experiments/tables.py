@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .analysis import equal_budget_lora_rank
+
 __all__ = [
     "PAPER_GAIN",
     "accuracy_table",
@@ -167,7 +169,7 @@ def verdict(results: dict[str, Any]) -> str:
     runs = results["runs"]
     methods = _methods(runs)
     lora = methods[0]
-    equal = {m: m for m in methods if "equal budget" in m}
+    m, n = results["layer_shape"]
     lines = []
     if results["setting"]["name"] == "smoke":
         lines.append("**Smoke setting**: a few steps on a tiny subset with one seed; these numbers are no evidence either way.")
@@ -177,11 +179,14 @@ def verdict(results: dict[str, Any]) -> str:
         where = ("within" if PAPER_GAIN[0] <= d.mean() <= PAPER_GAIN[1] else
                  "above" if d.mean() > PAPER_GAIN[1] else "below")
         resolved = "resolved from 0" if abs(d.mean()) > 2 * se else "not resolved from 0"
-        text = (f"- **{method}** vs {lora}: {d.mean():+.1f} points (paired over {d.size} seeds, std {d.std(ddof=1) if d.size > 1 else 0:.1f}, "
-                f"{resolved} at 2 standard errors), {where} the paper's +{PAPER_GAIN[0]}–{PAPER_GAIN[1]}")
-        for eq in equal:
-            e = _paired(results, method, eq)
-            text += f"; vs {eq}: {e.mean():+.1f}"
+        text = (f"- **{method}** vs {lora}: {d.mean():+.1f} points (paired over {d.size} seed(s), std "
+                f"{d.std(ddof=1) if d.size > 1 else 0:.1f}, {resolved} at 2 standard errors), {where} the paper's "
+                f"+{PAPER_GAIN[0]}–{PAPER_GAIN[1]}")
+        run = next(run for run in runs if run["method"] == method)
+        r_eq = equal_budget_lora_rank(m, n, run["r"], run["b"])
+        equal = next((x for x in methods if x.startswith(f"LoRA r={r_eq} ")), None) if r_eq != run["r"] else lora
+        if equal is not None:
+            text += f"; vs its equal-budget LoRA (r={r_eq}): {_paired(results, method, equal).mean():+.1f}"
         lines.append(text + ".")
     base = 100 * results["baseline"]["test_acc"]
     best = max(methods, key=lambda m: np.mean(list(_by_seed(runs, m, "test").values())))
