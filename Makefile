@@ -34,8 +34,10 @@ docs: $(STAMP)
 serve-docs: $(STAMP)
 	$(BIN)/mkdocs serve
 
+## Benchmarks against LoRA/PEFT (docs/benchmarks.md); the full grid: make bench BENCH_ARGS=
+BENCH_ARGS ?= --quick --threads 1
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) site bora-report .pytest_cache .hypothesis

@@ -11,7 +11,7 @@ Sections (all by default; choose with ``--sections``):
 Every timing runs the candidates interleaved in this one process and reports medians and the
 ratio to the LoRA baseline. Defaults: float32 and T = 2048 tokens on CPU; bfloat16, T = 8192 and
 a ``torch.compile`` column on CUDA. Results go to ``--out`` as Markdown and CSV. On a shared CPU,
-``--threads 1 --clock cpu`` measures CPU time of one thread, which other jobs barely disturb.
+``--threads 1`` times the CPU seconds of one thread, which other jobs barely disturb.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, help="T, rows of x (default 2048 on CPU, 8192 on CUDA)")
     p.add_argument("--repeats", type=int, help="interleaved rounds per adapter cell (default 15 quick, 30 full; layer cells a third)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (use with --threads 1)")
+    p.add_argument("--clock", choices=("wall", "cpu"), help="cpu: process CPU time; default cpu with --threads 1 on CPU, else wall")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile column (default: on CUDA only)")
     p.add_argument("--steady-malloc", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: keep freed memory in glibc's heap so page faults do not depend on the interleaving")
@@ -122,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (15 if args.quick else 30)
     use_compile = cuda if args.compile is None else args.compile
     compiled: Callable[..., torch.Tensor] | None = torch.compile(torch_ref.bora_matmul, dynamic=False) if use_compile else None
-    clock = Clock(args.clock, device)
+    if args.clock == "cpu" and cuda:
+        raise SystemExit("--clock cpu measures host CPU time, not GPU time; use --clock wall on CUDA")
+    clock = Clock(args.clock or ("cpu" if not cuda and torch.get_num_threads() == 1 else "wall"), device)
     allocator = steady_malloc() if args.steady_malloc and not cuda else "default"
     cells = plan(args.quick, cuda)
 

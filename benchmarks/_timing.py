@@ -91,21 +91,20 @@ def summarize(times: Mapping[str, list[float]], name: str, baseline: str) -> Sum
 
 
 def steady_malloc() -> str:
-    """Make glibc keep freed memory instead of returning it to the OS; returns what was set.
+    """Make glibc's malloc keep and reuse freed memory, as torch's caching allocator does on GPUs.
 
-    By default glibc's malloc trims or unmaps freed blocks depending on the recent sequence of
-    frees, so whether the next ``(T, m)`` output is served from warm memory or from fresh pages
-    (a page fault per 4 KiB) changes from round to round with the *other* candidate's
-    allocations. A large trim threshold and a fixed mmap threshold make reuse steady for blocks
-    below 32 MiB, as torch's caching allocator does on GPUs; larger blocks are fresh pages for
-    every candidate alike.
+    By default glibc serves blocks of 32 MiB and more (``y`` at 4096 x 2048 float32) from fresh
+    ``mmap`` pages, one page fault per 4 KiB, and trims or keeps smaller freed blocks depending on
+    the recent sequence of frees, so whether a candidate's outputs land on warm memory changes
+    from round to round with the *other* candidate's allocations. No mmap and no trimming make
+    every candidate reuse warm memory after its warm-up. Returns what was set.
     """
     name = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
-    if mallopt is None or not (mallopt(M_TRIM_THRESHOLD, 2**30) and mallopt(M_MMAP_THRESHOLD, 32 * 2**20)):
-        return "default (mallopt unavailable)"
-    return "glibc mallopt(M_TRIM_THRESHOLD=1 GiB, M_MMAP_THRESHOLD=32 MiB)"
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
+    if mallopt is None or not (mallopt(M_TRIM_THRESHOLD, 2**30) and mallopt(M_MMAP_MAX, 0)):
+        return "default (glibc mallopt unavailable)"
+    return "glibc heap only, no trimming: mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"
 
 
 def _version(package: str) -> str:
