@@ -27,6 +27,7 @@ from .analysis import adapter_layers, layer_ranks
 from .data import TextDataset
 
 __all__ = [
+    "HEAD_MODULES",
     "AdapterSpec",
     "Encoded",
     "TrainConfig",
