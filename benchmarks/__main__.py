@@ -128,7 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     allocator = steady_malloc() if args.steady_malloc and not cuda else "default"
     cells = plan(args.quick, cuda)
 
+    # One file set per device, mode and choice of sections, so partial runs do not overwrite each other.
     stem = f"{device.type}-{'quick' if args.quick else 'full'}"
+    if set(args.sections) != set(SECTIONS):
+        stem += "-" + "-".join(name for name in SECTIONS if name in args.sections)
     args.out.mkdir(parents=True, exist_ok=True)
     header = {"command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv), **machine_info(device, clock),
               "allocator": allocator, "dtype": str(dtype).removeprefix("torch."), "tokens T": str(tokens)}
