@@ -53,8 +53,9 @@ def plan(quick: bool, cuda: bool) -> dict[str, list[Cell]]:
     if quick:
         layer_grid = [(m, n, r, b) for m, n, r, b in layer_grid if r == 16 and (m == 896 or b == 8)]
     layer = [(m, n, r, b, ref_everywhere or m == 896) for m, n, r, b in layer_grid]
-    uneven_bs = {896: (5, 6, 8)} if quick else {896: (5, 6, 7, 8), 4096: (6, 7, 8), 11008: (6, 7, 8)}
-    uneven = [(m, n, 16, b, False) for m, n in shapes for b in (uneven_bs.get(m) or (7, 8))]
+    # b not dividing m, n next to an even b (896 = 7 * 128 is even at b = 7).
+    uneven_bs = {4096: (7, 8), 896: (5, 6, 8)} if quick else {4096: (6, 7, 8), 11008: (6, 7, 8), 896: (5, 6, 7, 8)}
+    uneven = [(m, n, 16, b, False) for m, n in shapes for b in uneven_bs[m]]
     memory = [(m, n, r, b, True) for m, n in shapes for r, b in ((16, 2), (16, 8), (16, 16), (64, 8))]
     return {"adapter": adapter, "layer": layer, "uneven": uneven, "memory": memory}
 
@@ -79,7 +80,7 @@ UNEVEN_COLUMNS: list[Column] = [
 MEMORY_COLUMNS: list[Column] = [
     ("shape", "shape", ""), ("r", "r", "d"), ("b", "b", "d"), ("pass", "pass", ""),
     ("LoRA MiB", "lora_MiB", ".1f"), ("BoRA MiB", "bora_MiB", ".1f"), ("BoRA − LoRA MiB", "bora_minus_lora_MiB", ".2f"),
-    ("bound 2·b·r·T or 4·b·r·T MiB", "bound_extra_MiB", ".2f"), ("ΔW route MiB", "ref_MiB", ".1f"), ("m·n MiB", "mn_MiB", ".1f"),
+    ("b·r·T term MiB", "brT_term_MiB", ".2f"), ("ΔW route MiB", "ref_MiB", ".1f"), ("m·n MiB", "mn_MiB", ".1f"),
 ]
 TRAIN_COLUMNS: list[Column] = [
     ("adapter", "model", ""), ("r", "r", "d"), ("batch × seq", "batch_seq", ""), ("trainable", "trainable", ","),
@@ -95,7 +96,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--tokens", type=int, help="T, rows of x (default 2048 on CPU, 8192 on CUDA)")
-    p.add_argument("--repeats", type=int, help="interleaved rounds per adapter cell (default 15 quick, 30 full; layer cells a third)")
+    p.add_argument("--repeats", type=int, help="interleaved rounds per adapter cell (default 15 quick, 30 full; layer cells a third, >= 9)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), help="cpu: process CPU time; default cpu with --threads 1 on CPU, else wall")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile column (default: on CUDA only)")
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section("adapter", "Adapter path: bora_matmul vs (x Aᵀ) Bᵀ", ADAPTER_COLUMNS, collect("adapter", lambda c: time_adapter(
         *c[:4], **common, clock=clock, repeats=repeats, with_ref=c[4], compiled=compiled)))
     section("layer", "Whole layer: BoRALinear vs the LoRA layer", LAYER_COLUMNS, collect("layer", lambda c: time_layer(
-        *c[:4], **common, clock=clock, repeats=max(5, repeats // 3), with_ref=c[4], compile_layers=use_compile)))
+        *c[:4], **common, clock=clock, repeats=max(9, repeats // 3), with_ref=c[4], compile_layers=use_compile)))
     section("uneven", "Uneven splits (b does not divide m, n)", UNEVEN_COLUMNS, collect("uneven", lambda c: time_adapter(
         *c[:4], **common, clock=clock, repeats=repeats, with_ref=False)))
     section("memory", "Peak extra memory", MEMORY_COLUMNS, collect("memory", lambda c: memory_adapter(

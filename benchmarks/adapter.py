@@ -127,11 +127,12 @@ def time_adapter(
 
 def memory_adapter(m: int, n: int, r: int, b: int, *, tokens: int, dtype: torch.dtype, device: torch.device,
                    with_ref: bool) -> list[dict[str, Any]]:
-    """Peak extra MiB of each candidate per pass, and the bound on BoRA's extra over LoRA.
+    """Peak extra MiB of each candidate per pass, and the ``b r T`` term of BoRA's extra over LoRA.
 
-    The fast path's own tensors are ``(b, r, T)``: ``zt`` and ``ut`` in the forward (saved for
-    backward), ``gut`` and ``gzt`` in the backward, so its extra over LoRA is at most
-    ``2 b r T`` (fwd) or ``4 b r T`` (fwd+bwd) elements, whatever ``m`` and ``n``.
+    The fast path's own large tensors are ``(r, b, T)``: ``zt`` and ``ut`` in the forward (saved
+    for backward), ``gut`` and ``gzt`` in the backward, so its extra over LoRA is about
+    ``2 b r T`` (fwd) or ``4 b r T`` (fwd+bwd) elements plus terms in ``(m + n) r`` and ``b² r``
+    (transposed parameter gradients, the mixing matrices), never ``m n``.
     """
     o = make_operands(m, n, r, b, tokens, dtype, device)
     bytes_per = o.x.element_size()
@@ -143,7 +144,7 @@ def memory_adapter(m: int, n: int, r: int, b: int, *, tokens: int, dtype: torch.
             o.zero_grads()
             row[f"{name}_MiB"] = peak_extra_bytes(fn, device) / MiB
         row["bora_minus_lora_MiB"] = row["bora_MiB"] - row["lora_MiB"]
-        row["bound_extra_MiB"] = (2 if pass_name == "fwd" else 4) * b * r * tokens * bytes_per / MiB
+        row["brT_term_MiB"] = (2 if pass_name == "fwd" else 4) * b * r * tokens * bytes_per / MiB
         row["mn_MiB"] = m * n * bytes_per / MiB
         rows.append(row)
     return rows

@@ -8,7 +8,7 @@ and is differentiable in all its arguments.
 ``bora_matmul`` never allocates an ``(m, n)`` tensor: it projects with ``A`` block-wise, mixes
 the ``b`` projections with the ``b x b`` diagonals (per rank channel), and lifts with ``B``
 block-wise, each step a strided batched matmul on views (:class:`_BoRAMatmul`). Besides its
-output ``(N, m)`` it allocates (and saves for backward) two ``(b, r, N)`` tensors, so it costs
+output ``(N, m)`` it allocates (and saves for backward) two ``(r, b, N)`` tensors, so it costs
 LoRA's two matmuls plus ``b² r`` multiply-adds per token. It is first-order differentiable
 (a custom backward; ``create_graph=True`` raises). ``delta_weight`` is the plain, readable route.
 Unlike the NumPy reference, the torch paths check shapes but not values (no NaN scan): a
@@ -164,7 +164,8 @@ class _BoRAMatmul(torch.autograd.Function):
        reading ``x``'s blocks in place (strided views) into ``zt (r, b, N)``;
     2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r`` -> ``ut``;
     3. lift: one ``bmm`` per run of row blocks, written through ``out=`` straight into the
-       column blocks of ``y (N, m)`` (no transpose copy, no concatenation).
+       column blocks of ``y (N, m)`` (no transpose copy, no concatenation; large blocks off the
+       cache line block by block instead, see :func:`_write_col_blocks`).
 
     Every product is an ``out=`` BLAS call on views, so ``x`` and ``y`` are never copied and the
     dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward runs the
