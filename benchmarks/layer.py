@@ -52,8 +52,8 @@ def lora_layer(base: nn.Linear, r: int, alpha: float) -> tuple[nn.Module, str]:
 
 
 def _nonzero_(layer: nn.Module, g: torch.Generator) -> None:
-    # lora_B starts at zero in both layers; give every adapter tensor random values so no
-    # product is trivially zero (timing does not depend on it, but correctness checks do).
+    # lora_B starts at zero in both layers; random values put them in a trained-like state
+    # (dense BLAS time does not depend on the values, but the outputs then differ from the base's).
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if p.requires_grad and ("lora_B" in name or name == "sigma"):

@@ -85,6 +85,9 @@ def bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.
     return _bora_matmul(x, B, A, sigma)
 
 
+# torch.compile runs this eagerly, as one opaque call: Dynamo cannot trace ``out=`` into strided
+# views, and tracing the block loops instead recompiles for every block shape.
+@torch.compiler.disable
 def _bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Unchecked fast path (the layer calls this after validating once at construction)."""
     n, m = A.shape[1], B.shape[0]
