@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Clock", "Summary", "interleave", "summarize", "steady_malloc", "machine_info"]
+__all__ = ["Clock", "Summary", "interleave", "summarize", "timing_columns", "steady_malloc", "machine_info"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,18 @@ def summarize(times: Mapping[str, list[float]], name: str, baseline: str) -> Sum
         q25 = q75 = paired[0]
     median = statistics.median(t)
     return Summary(median, median / statistics.median(base), q25, q75)
+
+
+def timing_columns(times: Mapping[str, list[float]], baseline: str = "lora") -> dict[str, float | str]:
+    """Table columns for every candidate: ``<name>_ms`` and, except the baseline, ``<name>_ratio`` and its IQR."""
+    cols: dict[str, float | str] = {}
+    for name in times:
+        s = summarize(times, name, baseline)
+        cols[f"{name}_ms"] = s.median * 1e3
+        if name != baseline:
+            cols[f"{name}_ratio"] = s.ratio
+            cols[f"{name}_ratio_iqr"] = f"{s.ratio_q25:.3f}-{s.ratio_q75:.3f}"
+    return cols
 
 
 def steady_malloc() -> str:

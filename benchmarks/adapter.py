@@ -24,7 +24,7 @@ import torch
 from bora_ref import torch_ref
 
 from ._memory import peak_extra_bytes
-from ._timing import Clock, interleave, summarize
+from ._timing import Clock, interleave, timing_columns
 
 __all__ = ["Operands", "make_operands", "adapter_candidates", "time_adapter", "memory_adapter"]
 
@@ -115,12 +115,7 @@ def time_adapter(
             "shape": f"{m}x{n}", "m": m, "n": n, "r": r, "b": b, "even": m % b == 0 and n % b == 0,
             "pass": pass_name, "runs": len(times["bora"]), "limit": 1 + b * b / (m + n), "max_rel_err": err,
         }
-        for name in fns:
-            s = summarize(times, name, "lora")
-            row[f"{name}_ms"] = s.median * 1e3
-            if name != "lora":
-                row[f"{name}_ratio"] = s.ratio
-                row[f"{name}_ratio_iqr"] = f"{s.ratio_q25:.3f}-{s.ratio_q75:.3f}"
+        row.update(timing_columns({name: times.get(name, []) for name in fns}))
         rows.append(row)
     return rows
 

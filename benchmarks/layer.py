@@ -20,7 +20,7 @@ from torch import nn
 
 from bora_ref import BoRALinear
 
-from ._timing import Clock, interleave, summarize
+from ._timing import Clock, interleave, timing_columns
 
 __all__ = ["PlainLoRALinear", "lora_layer", "time_layer"]
 
@@ -101,11 +101,6 @@ def time_layer(
         times = interleave(fns, repeats=repeats, clock=clock, max_runs={"ref": ref_runs})
         row: dict[str, Any] = {"shape": f"{m}x{n}", "m": m, "n": n, "r": r, "b": b, "pass": pass_name,
                                "runs": len(times["bora"]), "baseline": lora_label}
-        for name in fns:
-            s = summarize(times, name, "lora")
-            row[f"{name}_ms"] = s.median * 1e3
-            if name != "lora":
-                row[f"{name}_ratio"] = s.ratio
-                row[f"{name}_ratio_iqr"] = f"{s.ratio_q25:.3f}-{s.ratio_q75:.3f}"
+        row.update(timing_columns({name: times.get(name, []) for name in fns}))
         rows.append(row)
     return rows
