@@ -7,23 +7,24 @@ the input's dtype is kept alongside, because the tolerance policy depends on it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
-from ._validation import BoRAValueError
+from ._validation import BoRAValueError, is_tensor
 
 __all__ = ["as_float64", "dtype_eps", "single_blas_thread", "smallest_normal", "storage_dtype_name", "unit_roundoff"]
 
-# Floating dtypes the tolerance policy knows, by canonical name. torch's finfo covers all four
-# (NumPy has no bfloat16), so every dtype is resolved to its torch twin for machine constants.
-_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
+# Floating dtypes the tolerance policy knows, by canonical name, with their IEEE machine constants
+# (eps = 2**-(mantissa bits), smallest normal = 2**(1 - exponent bias)); NumPy has no bfloat16,
+# and torch is not imported here, so they are written out (tests compare them with torch.finfo).
+_DTYPES: dict[str, tuple[float, float]] = {  # name -> (eps, smallest normal)
+    "float16": (2.0**-10, 2.0**-14),
+    "bfloat16": (2.0**-7, 2.0**-126),
+    "float32": (2.0**-23, 2.0**-126),
+    "float64": (2.0**-52, 2.0**-1022),
 }
 _ALIASES = {"half": "float16", "float": "float32", "single": "float32", "double": "float64"}
 
@@ -46,11 +47,12 @@ def as_float64(name: str, value: Any, *, ndim: int | None = None) -> tuple[np.nd
     Raises:
         ValueError: not an array, not a real floating dtype, wrong ``ndim``, empty, or non-finite.
     """
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         if not value.dtype.is_floating_point:
             raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
         dtype = storage_dtype_name(value.dtype)
-        arr = value.detach().to("cpu", torch.float64).numpy()
+        # .to() returns the tensor itself when it is already float64 on the CPU: copy explicitly.
+        arr = np.array(value.detach().cpu().double().numpy(), dtype=np.float64, copy=True)
     elif isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.floating):
             raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
@@ -75,7 +77,8 @@ def storage_dtype_name(dtype: Any, *, name: str = "storage_dtype") -> str:
     Raises:
         ValueError: anything that is not one of the four real floating dtypes.
     """
-    if isinstance(dtype, torch.dtype):
+    torch_module = sys.modules.get("torch")
+    if torch_module is not None and isinstance(dtype, torch_module.dtype):
         key = str(dtype).removeprefix("torch.")
     elif isinstance(dtype, str):
         key = _ALIASES.get(dtype, dtype)
@@ -91,7 +94,7 @@ def storage_dtype_name(dtype: Any, *, name: str = "storage_dtype") -> str:
 
 def dtype_eps(dtype: str) -> float:
     """Machine epsilon (spacing of floats at 1.0) of a canonical dtype name."""
-    return float(torch.finfo(_DTYPES[dtype]).eps)
+    return _DTYPES[dtype][0]
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -101,4 +104,4 @@ def unit_roundoff(dtype: str) -> float:
 
 def smallest_normal(dtype: str) -> float:
     """Smallest positive normal number; below it rounding error is absolute (``<= smallest_normal * u``)."""
-    return float(torch.finfo(_DTYPES[dtype]).smallest_normal)
+    return _DTYPES[dtype][1]

@@ -2,21 +2,34 @@
 
 Every check raises :class:`BoRAValueError` (a :class:`ValueError`) whose message names the
 argument, the value it got and the rule it broke. Nothing here mutates its inputs.
+
+This module never imports torch: a value can only be a torch tensor if torch is already
+imported, so :func:`is_tensor` looks torch up in ``sys.modules`` (this keeps
+``import bora_ref.numpy_ref`` free of torch).
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any, Literal
+import sys
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 Backend = Literal["numpy", "torch"]
 
 
 class BoRAValueError(ValueError):
-    """Raised for invalid arguments anywhere in :mod:`bora_ref`."""
+    """Raised for invalid arguments anywhere in `bora_ref`."""
+
+
+def is_tensor(value: Any) -> bool:
+    """``isinstance(value, torch.Tensor)`` without importing torch (no torch loaded: no tensor)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
@@ -41,7 +54,7 @@ def check_b(b: Any, m: int, n: int) -> int:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return "torch"
     if isinstance(value, np.ndarray):
         return "numpy"
@@ -50,10 +63,9 @@ def _kind(value: Any) -> str:
 
 def check_backend(backend: Backend, **arrays: Any) -> None:
     """All ``arrays`` must be NumPy arrays (``backend='numpy'``) or torch tensors (``'torch'``)."""
-    want = np.ndarray if backend == "numpy" else torch.Tensor
     other = "bora_ref.torch_ref" if backend == "numpy" else "bora_ref.numpy_ref"
     for name, value in arrays.items():
-        if not isinstance(value, want):
+        if not (isinstance(value, np.ndarray) if backend == "numpy" else is_tensor(value)):
             raise BoRAValueError(
                 f"{name} must be a {'numpy.ndarray' if backend == 'numpy' else 'torch.Tensor'} "
                 f"(bora_ref.{backend}_ref does not mix backends; use {other} for the other one), "
@@ -63,7 +75,7 @@ def check_backend(backend: Backend, **arrays: Any) -> None:
 
 def check_float_dtype(name: str, value: np.ndarray | torch.Tensor) -> None:
     """Reject integer, boolean and complex arrays: BoRA is defined over the reals."""
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         ok = value.dtype.is_floating_point
     else:
         ok = np.issubdtype(value.dtype, np.floating)
@@ -73,7 +85,7 @@ def check_float_dtype(name: str, value: np.ndarray | torch.Tensor) -> None:
 
 def check_finite(name: str, value: np.ndarray | torch.Tensor) -> None:
     """Reject NaN and infinity (used where a non-finite value would silently poison a result)."""
-    finite = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else bool(np.isfinite(value).all())
+    finite = bool(value.isfinite().all()) if is_tensor(value) else bool(np.isfinite(value).all())
     if not finite:
         raise BoRAValueError(f"{name} contains NaN or infinity; all its values must be finite")
 
@@ -81,7 +93,7 @@ def check_finite(name: str, value: np.ndarray | torch.Tensor) -> None:
 def check_factors(B: Any, A: Any, sigma: Any, backend: Backend) -> tuple[int, int, int, int]:
     """Validate BoRA factors and return ``(m, n, r, b)``.
 
-    Shapes (DESIGN.md): ``B`` is ``(m, r)``, ``A`` is ``(r, n)``, ``sigma`` is ``(b, b, r)``
+    Shapes: ``B`` is ``(m, r)``, ``A`` is ``(r, n)``, ``sigma`` is ``(b, b, r)``
     with ``1 <= b <= min(m, n)``.
     """
     check_backend(backend, B=B, A=A, sigma=sigma)

@@ -12,14 +12,14 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 from ._validation import BoRAValueError
 
 __all__ = ["main", "build_parser"]
 
 
 # Modules that contribute subcommands through ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("bora_ref.report", "bora_ref.testing._cli")
+_SUBCOMMAND_MODULES = ("bora_ref.report.cli", "bora_ref.testing._cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

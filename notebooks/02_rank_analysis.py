@@ -185,7 +185,7 @@ display(fig)
 # ## Effective, stable and energy rank
 #
 # The exact rank says how many directions an update *can* use, not how evenly it uses them.
-# Three scale-free summaries of the spectrum (module `bora_ref.measures`): the effective rank
+# Three scale-free summaries of the spectrum (module `bora_ref.analysis.measures`): the effective rank
 # $\exp H(\sigma / \|\sigma\|_1)$, the stable rank $\|\Delta W\|_F^2 / \|\Delta W\|_2^2$ and the
 # energy rank (how many singular values hold 90 % of $\sum \sigma^2$). All three lie between 1
 # and the rank, do not change when $\Delta W$ is scaled, and drop when a few directions

@@ -15,7 +15,7 @@ from torch import nn
 
 import bora_ref
 from bora_ref import BoRALinear, adapter_state_dict, apply_bora, bora_layers, load_adapter, merge_bora, save_adapter
-from bora_ref.adapter_io import CONFIG_NAME, WEIGHTS_NAME
+from bora_ref.nn.adapter_io import CONFIG_NAME, WEIGHTS_NAME
 
 TARGETS = ["query", "value"]
 

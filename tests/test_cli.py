@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from bora_ref.cli import main
-from bora_ref.report import DEFAULT_BS, DEFAULT_RS
-from bora_ref.sweep import distinct_shapes, load_model_shapes
+from bora_ref.report.writer import DEFAULT_BS, DEFAULT_RS
+from bora_ref.report.sweep import distinct_shapes, load_model_shapes
 
 
 def test_report_with_defaults_attains_the_bound_everywhere(capsys, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bora_ref.measures import (
+from bora_ref.analysis.measures import (
     PAPER_THRESHOLD,
     effective_rank,
     energy_rank,

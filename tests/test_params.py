@@ -6,15 +6,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bora_ref import BoRALinear, apply_bora, param_count, rank_bound
-from bora_ref.params import (
-    ModelParamCount,
+from bora_ref.analysis.params import (
     best_b,
     bora_params_for_rank,
     equal_budget_lora_rank,
     lora_params_for_rank,
-    model_param_count,
     sum_param_counts,
 )
+from bora_ref.nn.inspect import ModelParamCount, model_param_count
 from bora_ref.testing import strategies as bst
 
 

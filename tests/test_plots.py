@@ -8,8 +8,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from bora_ref import numpy_ref, singular_values
-from bora_ref.plots import plot_ablation, plot_block_heatmap, plot_overhead_vs_b, plot_rank_vs_b, plot_spectra
-from bora_ref.sweep import partial_sigma_ablation, rank_sweep, sample_factors
+from bora_ref.report.plots import plot_ablation, plot_block_heatmap, plot_overhead_vs_b, plot_rank_vs_b, plot_spectra
+from bora_ref.report.sweep import partial_sigma_ablation, rank_sweep, sample_factors
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +65,7 @@ def test_ablation_plot(tmp_path):
 
 def test_plots_never_touch_pyplot():
     code = (
-        "import sys; from bora_ref.plots import plot_spectra; import numpy as np; "
+        "import sys; from bora_ref.report.plots import plot_spectra; import numpy as np; "
         "plot_spectra({'a': np.ones(3)}).savefig(sys.argv[1]); "
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'"
     )

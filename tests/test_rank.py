@@ -23,8 +23,8 @@ from bora_ref import (
     rank_bound,
     singular_values,
 )
-from bora_ref.tolerance import DENSE_FLOOR_SAFETY, dense_noise_floor, factor_noise_floor
-from bora_ref.sweep import distinct_shapes, load_model_shapes, sample_factors
+from bora_ref.analysis.tolerance import DENSE_FLOOR_SAFETY, dense_noise_floor, factor_noise_floor
+from bora_ref.report.sweep import distinct_shapes, load_model_shapes, sample_factors
 from bora_ref.testing import strategies as bst
 
 from ._helpers import random_factors

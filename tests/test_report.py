@@ -5,7 +5,7 @@ import csv
 import pytest
 
 from bora_ref import rank_bound
-from bora_ref.report import write_report
+from bora_ref.report.writer import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED = ["ablation.csv", "ablation.png", "block_heatmap.png", "collapse.csv", "measures.csv", "overhead_vs_b.png",

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bora_ref import numerical_rank, numpy_ref, rank_bound
-from bora_ref.params import equal_budget_lora_rank, param_count
-from bora_ref.sweep import (
+from bora_ref.analysis.params import equal_budget_lora_rank, param_count
+from bora_ref.report.sweep import (
     LayerShape,
     collapse_sweep,
     distinct_shapes,

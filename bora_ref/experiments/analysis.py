@@ -5,9 +5,9 @@ factors and effective Σ; the ``(m, n)`` update is never formed). Per layer:
 
 - ``numerical``: the numerical rank with the float32 rounding-noise floor of the adapter
   (``storage_dtype="auto"``) — how many directions the factors *can* express;
-- ``energy``: :func:`bora_ref.measures.energy_rank`, the fewest singular values holding 90% of
+- ``energy``: :func:`bora_ref.analysis.measures.energy_rank`, the fewest singular values holding 90% of
   $\\|\\Delta W\\|_F^2$ — how many directions the update actually *uses*;
-- ``effective``: :func:`bora_ref.measures.effective_rank` (Roy & Vetterli), a smooth version.
+- ``effective``: :func:`bora_ref.analysis.measures.effective_rank` (Roy & Vetterli), a smooth version.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import numpy as np
 from torch import nn
 
 from .._validation import check_int
-from ..layer import BoRALinear
-from ..measures import effective_rank, energy_rank
-from ..params import param_count
-from ..rank import model_rank_info, rank_bound
+from ..nn.layer import BoRALinear
+from ..analysis.measures import effective_rank, energy_rank
+from ..analysis.params import param_count
+from ..analysis.rank import rank_bound
+from ..nn.inspect import model_rank_info
 
 __all__ = [
     "adapter_layers",

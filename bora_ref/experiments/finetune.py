@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .._validation import BoRAValueError, check_choice, check_int, check_positive_float, check_probability
-from ..inject import apply_bora
-from ..layer import SIGMA_PARAMS, BoRALinear
+from ..nn.inject import apply_bora
+from ..nn.layer import SIGMA_PARAMS, BoRALinear
 from .analysis import adapter_layers, layer_ranks
 from .data import TextDataset
 

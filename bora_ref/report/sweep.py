@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from ._arrays import single_blas_thread
-from ._validation import BoRAValueError, check_b, check_choice, check_int
-from .params import equal_budget_lora_rank, param_count
-from .rank import factor_rank, rank_bound
+from .._arrays import single_blas_thread
+from .._validation import BoRAValueError, check_b, check_choice, check_int
+from ..analysis.params import equal_budget_lora_rank, param_count
+from ..analysis.rank import factor_rank, rank_bound
 
 __all__ = [
     "SIGMA_KINDS",
@@ -201,7 +201,7 @@ def rank_sweep(
 
     For every shape × ``r`` × ``b``: the rank of ΔW for :func:`sample_factors` (``"random"``),
     :func:`bora_ref.rank_bound`, LoRA's rank ``min(r, m, n)``, the rank of LoRA with BoRA's
-    parameter budget (:func:`bora_ref.params.equal_budget_lora_rank`) and the parameter counts.
+    parameter budget (:func:`bora_ref.analysis.params.equal_budget_lora_rank`) and the parameter counts.
 
     Args:
         shapes: :class:`LayerShape` items (e.g. from :func:`load_model_shapes`) or ``(m, n)`` tuples.

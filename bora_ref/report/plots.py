@@ -15,12 +15,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from . import numpy_ref
-from ._arrays import as_float64
-from ._validation import BoRAValueError, check_int
-from .params import best_b, param_count
-from .partition import block_sizes
-from .rank import rank_bound
+from .. import numpy_ref
+from .._arrays import as_float64
+from .._validation import BoRAValueError, check_int
+from ..analysis.params import best_b, param_count
+from ..partition import block_sizes
+from ..analysis.rank import rank_bound
 from .sweep import AblationRow, LayerShape, SweepRow
 
 __all__ = ["plot_ablation", "plot_block_heatmap", "plot_overhead_vs_b", "plot_rank_vs_b", "plot_spectra"]
@@ -51,7 +51,7 @@ def plot_rank_vs_b(rows: Sequence[SweepRow], *, ncols: int = 3) -> Figure:
     line mean the bound is attained.
 
     Args:
-        rows: from :func:`bora_ref.sweep.rank_sweep` (any subset).
+        rows: from :func:`bora_ref.report.sweep.rank_sweep` (any subset).
         ncols: panels per row.
 
     Raises:
@@ -148,10 +148,10 @@ def plot_overhead_vs_b(shapes: Sequence[LayerShape | tuple[int, int]], bs: Seque
     Left: $100 \\, b^2 r / (r(m + n))$, the extra parameters over LoRA of the same ``r`` (it does
     not depend on ``r``). Right: parameters per unit of the rank bound relative to LoRA,
     $(r(m+n) + b^2 r) / (b r (m + n)) = 1/b + b/(m + n)$ for ``r <= m/b, n/b``, with
-    :func:`bora_ref.params.best_b` marked.
+    :func:`bora_ref.analysis.params.best_b` marked.
 
     Args:
-        shapes: :class:`bora_ref.sweep.LayerShape` items or ``(m, n)`` tuples.
+        shapes: :class:`bora_ref.report.sweep.LayerShape` items or ``(m, n)`` tuples.
         bs: block counts to draw (each ``1 <= b <= min(m, n)`` per shape).
         r: rank per block used for the counts.
 
@@ -183,7 +183,7 @@ def plot_ablation(rows: Sequence[AblationRow], *, r: int | None = None) -> Figur
     """Rank of ΔW against the number ``k`` of blocks with their own Σ_ij (partial-Σ ablation).
 
     Args:
-        rows: from :func:`bora_ref.sweep.partial_sigma_ablation`.
+        rows: from :func:`bora_ref.report.sweep.partial_sigma_ablation`.
         r: draw LoRA's rank ``r`` as a reference line when given.
 
     Raises:

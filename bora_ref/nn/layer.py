@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import torch_ref
-from ._validation import (
+from .. import torch_ref
+from .._validation import (
     BoRAValueError,
     check_b,
     check_choice,

@@ -1,6 +1,6 @@
 """Rounding-noise floors: how large the singular values created by storing data in a dtype can be.
 
-Part of the tolerance policy of :mod:`bora_ref.rank` (rule 3): a numerical rank of data that
+Part of the tolerance policy of :mod:`bora_ref.analysis.rank` (rule 3): a numerical rank of data that
 passed through float32/float16/bfloat16 should not count the singular values its rounding
 created. Two models of that rounding, one per kind of data: a dense matrix whose entries were
 rounded (:func:`dense_noise_floor`), and BoRA factors that were rounded (:func:`factor_noise_floor`).
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import as_float64, smallest_normal, storage_dtype_name, unit_roundoff
-from .partition import block_slices
+from .._arrays import as_float64, smallest_normal, storage_dtype_name, unit_roundoff
+from ..partition import block_slices
 from .svd import factors_float64
 
 __all__ = ["DENSE_FLOOR_SAFETY", "dense_noise_floor", "factor_noise_floor"]

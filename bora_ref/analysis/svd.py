@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._arrays import as_float64
-from ._validation import check_factors
-from .partition import block_sizes, block_slices
+from .._arrays import as_float64
+from .._validation import check_factors
+from ..partition import block_sizes, block_slices
 
 __all__ = ["StructuredSVD", "structured_svd", "singular_values"]
 

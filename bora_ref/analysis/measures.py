@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import as_float64
-from ._validation import BoRAValueError
+from .._arrays import as_float64
+from .._validation import BoRAValueError
 
 __all__ = [
     "PAPER_THRESHOLD",

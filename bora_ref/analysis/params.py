@@ -9,23 +9,19 @@ minimised at ``b = √(m + n)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from torch import nn
 
-from ._validation import BoRAValueError, check_b, check_int
-from .layer import BoRALinear
+from .._validation import BoRAValueError, check_b, check_int
 from .rank import rank_bound
 
 __all__ = [
-    "ModelParamCount",
     "ParamCount",
     "best_b",
     "bora_params_for_rank",
     "equal_budget_lora_rank",
     "lora_params_for_rank",
-    "model_param_count",
     "param_count",
     "sum_param_counts",
 ]
@@ -96,40 +92,6 @@ def sum_param_counts(counts: Iterable[ParamCount]) -> ParamCount:
     lora = sum(c.lora for c in items)
     sigma = sum(c.sigma for c in items)
     return ParamCount(lora=lora, sigma=sigma, total=lora + sigma)
-
-
-@dataclass(frozen=True)
-class ModelParamCount(ParamCount):
-    """Trainable BoRA parameters of a whole model: the sums, plus every layer's count.
-
-    Attributes:
-        lora, sigma, total: sums over the layers (as :class:`ParamCount`).
-        layers: module name -> that ``BoRALinear``'s :class:`ParamCount`, in ``named_modules`` order.
-    """
-
-    layers: Mapping[str, ParamCount] = field(default_factory=dict)
-
-
-def model_param_count(model: nn.Module) -> ModelParamCount:
-    """Per-layer and total parameter accounting of every ``BoRALinear`` in ``model``.
-
-    Counts follow :func:`param_count` with each layer's own ``(m, n, r, b)``; they equal the
-    number of adapter parameters the layers hold.
-
-    Raises:
-        ValueError: ``model`` is not an ``nn.Module`` or has no ``BoRALinear`` layer.
-    """
-    if not isinstance(model, nn.Module):
-        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = {
-        name: param_count(module.out_features, module.in_features, module.r, module.b)
-        for name, module in model.named_modules()
-        if isinstance(module, BoRALinear)
-    }
-    if not layers:
-        raise BoRAValueError(f"model ({type(model).__name__}) has no BoRALinear layers; call bora_ref.apply_bora first")
-    total = sum_param_counts(layers.values())
-    return ModelParamCount(lora=total.lora, sigma=total.sigma, total=total.total, layers=layers)
 
 
 def equal_budget_lora_rank(m: int, n: int, r: int, b: int) -> int:

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import BoRAValueError, check_choice, check_positive_float
+from .._validation import BoRAValueError, check_choice, check_positive_float
 from .inject import apply_bora
 from .layer import SIGMA_PARAMS, BoRALinear
-from .partition import block_slices
-from .rank import rank_bound
+from ..partition import block_slices
+from ..analysis.rank import rank_bound
 
 __all__ = ["bora_from_peft", "bora_to_peft", "lora_factors"]
 
@@ -57,7 +57,7 @@ def _peft() -> Any:
     try:
         import peft
     except ImportError:  # pragma: no cover - CI installs the extra
-        raise ImportError("bora_ref.peft_interop needs PEFT: pip install 'bora-ref[peft]'") from None
+        raise ImportError("bora_ref.nn.peft_interop needs PEFT: pip install 'bora-ref[peft]'") from None
     return peft
 
 

@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ._validation import BoRAValueError
+from .._validation import BoRAValueError
 from .inject import adapter_state_dict, apply_bora, load_adapter_state_dict
 from .layer import BoRALinear
 
@@ -120,7 +120,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     if directory.exists() and not directory.is_dir():
         raise BoRAValueError(f"path={os.fspath(path)!r} exists and is not a directory")
 
-    from . import __version__  # late: bora_ref/__init__ imports this module
+    from .._version import __version__
 
     tensors = {_file_key(k): v.detach().to("cpu").contiguous() for k, v in state.items()}
     data = safetensors.torch.save(tensors, metadata={"format": "pt", "bora_ref_format_version": str(FORMAT_VERSION)})

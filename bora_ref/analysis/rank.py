@@ -15,7 +15,7 @@ the docs page ``docs/rank.md`` derives each rule):
 3. **Rounding-noise floor** of the dtype the data were stored in, ``tol = max(rule 1 or 2,
    floor)``: on by default for float16/bfloat16 dense input (where rule 1 with their ``eps``
    exceeds σ₁ and returns 0), on request (``storage_dtype=``) for anything else, notably
-   factors stored in float32/float16/bfloat16. See :mod:`bora_ref.tolerance`.
+   factors stored in float32/float16/bfloat16. See :mod:`bora_ref.analysis.tolerance`.
 
 Every ``*_rank_info`` function also reports the gap ``σ_k / σ_{k+1}`` at the cut: a small gap
 means the rank is ill-defined at that precision.
@@ -29,13 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ._arrays import as_float64, dtype_eps, storage_dtype_name
-from ._validation import BoRAValueError, check_b, check_int
-from .layer import BoRALinear
-from .partition import block_sizes
+from .._arrays import as_float64, dtype_eps, storage_dtype_name
+from .._validation import BoRAValueError, check_b, check_int
+from ..partition import block_sizes
 from .svd import factors_float64, singular_values
 from .tolerance import floor_dense, floor_factors, resolve_storage
 
@@ -43,9 +40,7 @@ __all__ = [
     "RankInfo",
     "factor_rank",
     "factor_rank_info",
-    "layer_rank_info",
     "matrix_rank_info",
-    "model_rank_info",
     "numerical_rank",
     "rank_bound",
 ]
@@ -144,7 +139,7 @@ def matrix_rank_info(
     Args:
         M: ``(m, n)`` NumPy array or torch tensor of a real float dtype, any device.
         rtol, atol: as in :func:`numerical_rank`.
-        storage_dtype: add the rounding-noise floor (:func:`bora_ref.tolerance.dense_noise_floor`) of this dtype,
+        storage_dtype: add the rounding-noise floor (:func:`bora_ref.analysis.tolerance.dense_noise_floor`) of this dtype,
             or ``"auto"`` for ``M``'s own; then the relative rule uses float64's ``eps``.
             Default ``None``: the floor applies to float16/bfloat16 ``M`` only.
 
@@ -171,7 +166,7 @@ def numerical_rank(M: Any, *, rtol: float | None = None, atol: float | None = No
 
     - float32/float64 input: NumPy's rule with ``eps`` of the input's dtype.
     - float16/bfloat16 input: NumPy's rule would give ``tol > σ₁`` (rank 0), so the default is
-      the rounding-noise floor of the dtype, :func:`bora_ref.tolerance.dense_noise_floor` (or float64's rule if larger).
+      the rounding-noise floor of the dtype, :func:`bora_ref.analysis.tolerance.dense_noise_floor` (or float64's rule if larger).
     - ``rtol``/``atol`` given: ``tol = max(atol, rtol σ₁)`` like ``torch.linalg.matrix_rank``
       (a missing ``rtol`` is 0 when ``atol > 0``).
 
@@ -202,7 +197,7 @@ def factor_rank_info(
     Default: $\\mathrm{tol} = \\sigma_1 \\max(m, n) \\, \\varepsilon_{64}$ — the structured SVD is
     exact on the factors as given, whatever their dtype. If the factors are a rounded copy of
     the update you care about (trained in or saved to float32/float16/bfloat16), pass
-    ``storage_dtype`` (or ``"auto"``) to add :func:`bora_ref.tolerance.factor_noise_floor`; never use
+    ``storage_dtype`` (or ``"auto"``) to add :func:`bora_ref.analysis.tolerance.factor_noise_floor`; never use
     ``max(m, n)·eps`` of a 16-bit dtype, which exceeds σ₁ and returns 0.
 
     Args:
@@ -237,48 +232,3 @@ def factor_rank(
         32
     """
     return factor_rank_info(B, A, sigma, rtol=rtol, atol=atol, storage_dtype=storage_dtype).rank
-
-
-@torch.no_grad()
-def layer_rank_info(
-    layer: BoRALinear, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
-) -> RankInfo:
-    """Rank of a layer's update ``scaling * ΔW`` from ``lora_B``, ``lora_A``, ``effective_sigma()``.
-
-    The scaling matters only for ``atol`` (and :func:`bora_ref.measures.threshold_rank`, which
-    is absolute too). ``storage_dtype="auto"`` takes the adapter dtype.
-
-    Args:
-        layer: a :class:`bora_ref.BoRALinear` (merged or not: the adapter is what is measured).
-        rtol, atol, storage_dtype: as in :func:`factor_rank_info`.
-
-    Raises:
-        ValueError: ``layer`` is not a ``BoRALinear``, or as :func:`factor_rank_info`.
-    """
-    if not isinstance(layer, BoRALinear):
-        raise BoRAValueError(f"layer must be a bora_ref.BoRALinear, got {type(layer).__name__}")
-    # Scale in float64: the (b, b, r) values the layer uses, times its scaling, without a new rounding.
-    # ("auto" still sees the adapter dtype: it takes the least precise of the three inputs.)
-    sigma = layer.effective_sigma().to(torch.float64) * layer.scaling
-    return factor_rank_info(layer.lora_B, layer.lora_A, sigma, rtol=rtol, atol=atol, storage_dtype=storage_dtype)
-
-
-def model_rank_info(
-    model: nn.Module, *, rtol: float | None = None, atol: float | None = None, storage_dtype: Any = None
-) -> dict[str, RankInfo]:
-    """:func:`layer_rank_info` of every ``BoRALinear`` in ``model``, keyed by module name.
-
-    Raises:
-        ValueError: ``model`` is not an ``nn.Module`` or has no ``BoRALinear`` (call
-            :func:`bora_ref.apply_bora` first), or as :func:`factor_rank_info`.
-    """
-    if not isinstance(model, nn.Module):
-        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    infos = {
-        name: layer_rank_info(module, rtol=rtol, atol=atol, storage_dtype=storage_dtype)
-        for name, module in model.named_modules()
-        if isinstance(module, BoRALinear)
-    }
-    if not infos:
-        raise BoRAValueError(f"model ({type(model).__name__}) has no BoRALinear layers; call bora_ref.apply_bora first")
-    return infos

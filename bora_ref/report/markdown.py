@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .measures import PAPER_THRESHOLD
-from .params import best_b
+from .._version import __version__
+from ..analysis.measures import PAPER_THRESHOLD
+from ..analysis.params import best_b
 from .sweep import AblationRow, CollapseRow, LayerShape, SweepRow
 
 __all__ = ["render_report"]
 
-# The fixed small cases of the report, shared with bora_ref.report: spectra/measures shape,
+# The fixed small cases of the report, shared with bora_ref.report.writer: spectra/measures shape,
 # ablation, heatmap, as (m, n, r, b).
 SPECTRA = (384, 384, 8, 16)  # MiniLM-L6 attention projection
 ABLATION = (4096, 4096, 8, 8)  # LLaMA-2-7B attention projection

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import BoRAValueError
+from .._validation import BoRAValueError
 from .layer import BoRALinear
 
 __all__ = [
