@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.bora-ref-installed
 EXTRAS := dev,peft,models,notebooks,docs
 
-.PHONY: setup report test docs serve-docs bench clean
+.PHONY: setup report test test-fast docs serve-docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ report: $(STAMP)
 ## The test suite (unit + property tests, notebooks, docs build).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+## Core + oracle only (no real model, docs, notebooks or multi-process tests): about a minute.
+FAST_TESTS := tests/test_partition.py tests/test_numpy_ref.py tests/test_torch_ref.py tests/test_layer.py \
+	tests/test_sigma.py tests/test_config.py tests/test_layering.py tests/testing
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow" $(FAST_TESTS)
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

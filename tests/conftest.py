@@ -39,3 +39,16 @@ def _seed() -> None:
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
+
+
+# Files whose every test is slow (a real pretrained model, a docs build, notebook execution,
+# several processes, the fine-tune pipeline): marked ``slow`` here, in one place, so that
+# ``pytest -m "not slow"`` (``make test-fast``) skips them. Single slow tests elsewhere carry
+# ``@pytest.mark.slow`` themselves.
+SLOW_FILES = frozenset({"test_models.py", "test_distributed.py", "test_notebooks.py", "test_docs.py", "test_experiments.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)

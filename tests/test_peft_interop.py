@@ -13,6 +13,7 @@ from torch import nn
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
+from bora_ref.nn.sigma import SIGMA_PARAMS
 from bora_ref import (  # noqa: E402
     BoRALinear,
     apply_bora,
@@ -74,7 +75,7 @@ def x() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rslora", [False, True])
-@pytest.mark.parametrize("sigma_param", ["raw", "exp_norm"])
+@pytest.mark.parametrize("sigma_param", SIGMA_PARAMS)
 def test_bora_with_unit_sigma_is_peft_lora(x, rslora, sigma_param):
     """Same A, B in PEFT's LoRA and in BoRA (b = 3, Σ ≡ 1): forward, ΔW, merge, merge_and_unload agree."""
     base = _base_model()
@@ -115,7 +116,7 @@ def test_bora_with_unit_sigma_is_peft_lora(x, rslora, sigma_param):
     torch.testing.assert_close(plain_bora(x), y_peft, **TOL64)
 
 
-@pytest.mark.parametrize("sigma_param", ["exp_norm", "raw"])
+@pytest.mark.parametrize("sigma_param", SIGMA_PARAMS)
 def test_bora_from_peft_keeps_outputs_and_trains_sigma(x, sigma_param):
     pm = get_peft_model(_base_model(), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.1))
     _randomise_peft(pm)
@@ -329,6 +330,7 @@ def test_bora_to_peft_refuses_and_changes_nothing(rng):
     model = apply_bora(_base_model(), target_modules=TARGETS, r=3, b=2, sigma_param="raw")
     with torch.no_grad():
         model.fc2.sigma.copy_(torch.from_numpy(rng.standard_normal((2, 2, 3))))
+        model.fc2.lora_B.copy_(torch.from_numpy(rng.standard_normal(tuple(model.fc2.lora_B.shape))))  # B = 0 is rank 0
     snap = _snapshot(model)
     with pytest.raises(ValueError, match=r"cannot convert BoRA layer 'fc2' to LoRA: effective sigma is not separable"):
         bora_to_peft(model)
@@ -350,3 +352,71 @@ def test_bora_to_peft_refuses_and_changes_nothing(rng):
     with pytest.raises(ValueError, match="modules_to_save must be a list of module names, got the string 'head'"):
         bora_to_peft(model, modules_to_save="head")
     _assert_unchanged(model, snap)
+
+
+# --- exact whenever rank(ΔW) <= r, not only for separable Σ --------------------------------------
+
+
+def _identity_channel_sigma(b: int, r: int) -> torch.Tensor:
+    """Channel matrices M_0 = I (rank b), M_k = 0 for k >= 1: not separable, rank S = b."""
+    sigma = torch.zeros(b, b, r, dtype=torch.float64)
+    sigma[:, :, 0] = torch.eye(b, dtype=torch.float64)
+    return sigma
+
+
+@pytest.mark.parametrize(("m", "n", "r"), [(8, 6, 2), (9, 7, 3), (12, 12, 2)])
+def test_lora_factors_convert_the_non_separable_rank_r_counterexample(m, n, r):
+    """b = 2, M_0 = I, M_1.. = 0: Σ is not separable, yet rank ΔW = 2 <= r, so a rank-r LoRA is exact."""
+    layer = _layer(m, n, r, 2, _identity_channel_sigma(2, r))
+    M0 = layer.effective_sigma().detach()[:, :, 0].numpy()
+    assert np.linalg.matrix_rank(M0) == 2  # not u vᵀ: Σ is not separable
+    ref = _reference_delta(layer)  # scaling * ΔW, NumPy ground truth
+    assert np.linalg.matrix_rank(ref) == 2 <= r
+    B_new, A_new = lora_factors(layer)
+    assert B_new.shape == (m, r) and A_new.shape == (r, n) and B_new.dtype == torch.float64
+    np.testing.assert_allclose(layer.scaling * (B_new @ A_new).numpy(), ref, rtol=0, atol=1e-14 * np.abs(ref).max() * max(m, n))
+    if r > 2:  # the channel beyond the rank: zero column of B', unit row of A' (trainable, adds nothing)
+        assert torch.equal(B_new[:, 2:], torch.zeros(m, r - 2, dtype=torch.float64))
+        np.testing.assert_allclose(torch.linalg.norm(A_new[2:], dim=1).numpy(), 1.0, rtol=1e-12)
+
+
+def test_lora_factors_refuse_a_generic_update_of_rank_2r_naming_rank_and_tolerance(rng):
+    layer = _layer(10, 9, 2, 2, torch.from_numpy(rng.standard_normal((2, 2, 2))))
+    assert np.linalg.matrix_rank(_reference_delta(layer)) == 4
+    with pytest.raises(ValueError, match=r"not separable .* numerical rank 4 > r=2 \(structured SVD, tolerance \d\.\d+e-\d+\)"):
+        lora_factors(layer)
+
+
+@pytest.mark.parametrize(("where", "value"), [("sigma", float("nan")), ("lora_B", float("nan")), ("lora_A", float("inf")),
+                                              ("sigma", float("-inf"))])
+def test_lora_factors_refuse_non_finite_factors(where, value, rng):
+    layer = _layer(8, 6, 2, 2, torch.ones(2, 2, 2))  # separable: the folding route would be taken
+    with torch.no_grad():
+        getattr(layer, where).view(-1)[3] = value
+    name = {"sigma": "effective sigma", "lora_B": "lora_B", "lora_A": "lora_A"}[where]
+    with pytest.raises(ValueError, match=rf"{name} has 1 non-finite value\(s\) \(NaN or inf\)"):
+        lora_factors(layer)
+
+
+def test_bora_to_peft_converts_the_counterexample_and_refuses_nan(x):
+    model = apply_bora(_base_model(), target_modules=TARGETS, r=2, b=2, alpha=5.0, sigma_param="raw")
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for layer in bora_layers(model):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g, dtype=torch.float64))
+            layer.sigma.copy_(_identity_channel_sigma(2, 2))
+    y = model(x)
+    deltas = [layer.delta_weight().detach().clone() for layer in bora_layers(model)]
+    nan_model = copy.deepcopy(model)
+    with torch.no_grad():
+        nan_model.fc1.sigma[0, 1, 1] = float("nan")
+    snap = _snapshot(nan_model)
+    with pytest.raises(ValueError, match=r"cannot convert BoRA layer 'fc1' to LoRA: effective sigma has 1 non-finite"):
+        bora_to_peft(nan_model)
+    assert [(n, type(m)) for n, m in nan_model.named_modules()] == snap[0]  # nothing replaced
+    for k, p in nan_model.named_parameters():
+        torch.testing.assert_close(p.detach(), snap[1][k][0], rtol=0, atol=0, equal_nan=True)  # nothing changed
+    pm = bora_to_peft(model)
+    torch.testing.assert_close(pm(x), y, **TOL64)
+    for name, delta in zip(TARGETS, deltas):
+        torch.testing.assert_close(_peft_layers(pm)[name].get_delta_weight("default"), delta, **TOL64)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from bora_ref.nn.sigma import SIGMA_PARAMS
 from bora_ref import (
     BoRALinear,
     apply_bora,
@@ -196,9 +197,13 @@ def test_factor_noise_floor_is_above_the_noise_the_rounding_creates(seed, dtype)
 
 def test_factor_default_tolerance_is_float64_rule(rng):
     B, A, sigma = random_factors(rng, 50, 40, 3, 4)
-    info = factor_rank_info(B.astype(np.float32), A.astype(np.float32), sigma.astype(np.float32))
+    B32, A32, s32 = B.astype(np.float32), A.astype(np.float32), sigma.astype(np.float32)
+    info = factor_rank_info(B32, A32, s32)
     assert info.floor == 0.0
-    assert info.tol == pytest.approx(info.singular_values[0] * 50 * np.finfo(np.float64).eps, rel=1e-12)
+    # Scale: ||P||S||Q||_F, here from the dense ground truth ΔW(|B|, |A|, |σ|) (formed, unlike the code).
+    abs_norm = np.linalg.norm(numpy_ref.delta_weight(*(np.abs(x).astype(np.float64) for x in (B32, A32, s32))))
+    assert abs_norm > info.singular_values[0]
+    assert info.tol == pytest.approx(abs_norm * 50 * np.finfo(np.float64).eps, rel=1e-12, abs=0)
 
 
 # --- the gap ------------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ def _trained_like(layer, rng):
     return layer
 
 
-@pytest.mark.parametrize("sigma_param", ["exp_norm", "raw"])
+@pytest.mark.parametrize("sigma_param", SIGMA_PARAMS)
 def test_layer_rank_uses_effective_sigma_and_scaling(sigma_param, rng):
     layer = _trained_like(BoRALinear(40, 48, r=3, b=4, alpha=6.0, sigma_param=sigma_param), rng)
     info = layer_rank_info(layer)
@@ -304,3 +309,38 @@ def test_layer_and_model_rank_reject_other_objects():
         model_rank_info(nn.Sequential(nn.Linear(3, 3)))
     with pytest.raises(ValueError, match="model must be a torch.nn.Module, got dict"):
         model_rank_info({})
+
+
+# --- cancelling rank channels: the factor tolerance scales with ||P||S||Q||_F -------------------
+
+
+@pytest.mark.parametrize(("m", "n", "b"), [(64, 48, 1), (64, 48, 2), (64, 64, 4), (33, 29, 3)])
+@pytest.mark.parametrize("delta", [1e-4, 1e-6, 1e-8, 1e-10])
+def test_cancelling_channels_have_factor_rank_one(m, n, b, delta):
+    """B = [x, x + δy], A = [z; z], σ_ij = (1, -1): ΔW = -δ y zᵀ exactly, rank 1 for every δ > 0.
+
+    The computed singular values carry rounding noise of size ~eps·‖x‖‖z‖, far above
+    eps·σ₁ = eps·δ‖y‖‖z‖; a tolerance relative to σ₁ alone counted it (ranks 2, 3, 5 measured here
+    before the fix), one relative to ||P||S||Q||_F does not.
+    """
+    rng = np.random.default_rng(7)
+    x, y, z = rng.standard_normal(m), rng.standard_normal(m), rng.standard_normal(n)
+    B, A = np.stack([x, x + delta * y], axis=1), np.stack([z, z])  # (m, 2), (2, n)
+    sigma = np.tile(np.array([1.0, -1.0]), (b, b, 1))  # (b, b, 2)
+    info = factor_rank_info(B, A, sigma)
+    assert info.rank == 1
+    true_s1 = delta * np.linalg.norm(y) * np.linalg.norm(z)  # ΔW = -δ y zᵀ in exact arithmetic
+    assert info.singular_values[0] == pytest.approx(true_s1, rel=1e-3)
+    assert info.singular_values[1] > info.singular_values[0] * max(m, n) * np.finfo(np.float64).eps  # the old rule fails
+    # The same tolerance is the right atol for the dense ΔW formed from these factors.
+    assert numerical_rank(numpy_ref.delta_weight(B, A, sigma), atol=info.tol) == 1
+
+
+@pytest.mark.parametrize(("m", "n", "r", "b"), [(13, 10, 3, 1), (13, 10, 3, 3), (9, 7, 4, 7), (40, 31, 2, 5)])
+def test_factor_abs_norm_equals_the_dense_absolute_product(m, n, r, b, rng):
+    from bora_ref.analysis.tolerance import factor_abs_norm
+
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    dense = numpy_ref.delta_weight(np.abs(B), np.abs(A), np.abs(sigma))  # |P||S||Q|, formed
+    assert factor_abs_norm(B, A, sigma) == pytest.approx(np.linalg.norm(dense), rel=1e-13, abs=0)
+    assert factor_abs_norm(B, A, sigma) >= np.linalg.norm(numpy_ref.delta_weight(B, A, sigma))

@@ -1,16 +1,16 @@
 """Rank measures on singular values: effective, stable and energy rank, and the paper's measure.
 
 Every function takes the singular values ``S`` of one matrix, shape ``(k,)``, non-negative (any
-order; NumPy array or torch tensor), e.g. from :func:`bora_ref.singular_values` or
+order; NumPy array or torch tensor), e.g. from [`bora_ref.singular_values`][bora_ref.singular_values] or
 ``RankInfo.singular_values``. The zero matrix has every measure equal to 0.
 
 | measure | definition | scale-invariant |
 | --- | --- | --- |
-| :func:`effective_rank` | $\\exp H(p)$, $p_k = \\sigma_k / \\sum \\sigma$ (Roy & Vetterli 2007) | yes |
-| :func:`stable_rank` | $\\sum \\sigma_k^2 / \\sigma_1^2 = \\|M\\|_F^2 / \\|M\\|_2^2$ | yes |
-| :func:`energy_rank` | smallest $k$ with $\\sum_{i \\le k} \\sigma_i^2 \\ge \\tau \\sum \\sigma^2$ | yes |
-| :func:`threshold_rank` | $\\#\\{\\sigma_k > 0.005\\}$ (the BoRA paper's) | **no** |
-| :func:`spectral_energy` | $\\sum \\sigma_k^2 = \\|M\\|_F^2$ (the BoRA paper's) | **no** |
+| [`effective_rank`][bora_ref.analysis.measures.effective_rank] | $\\exp H(p)$, $p_k = \\sigma_k / \\sum \\sigma$ (Roy & Vetterli 2007) | yes |
+| [`stable_rank`][bora_ref.analysis.measures.stable_rank] | $\\sum \\sigma_k^2 / \\sigma_1^2 = \\|M\\|_F^2 / \\|M\\|_2^2$ | yes |
+| [`energy_rank`][bora_ref.analysis.measures.energy_rank] | smallest $k$ with $\\sum_{i \\le k} \\sigma_i^2 \\ge \\tau \\sum \\sigma^2$ | yes |
+| [`threshold_rank`][bora_ref.analysis.measures.threshold_rank] | $\\#\\{\\sigma_k > 0.005\\}$ (the BoRA paper's) | **no** |
+| [`spectral_energy`][bora_ref.analysis.measures.spectral_energy] | $\\sum \\sigma_k^2 = \\|M\\|_F^2$ (the BoRA paper's) | **no** |
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def stable_rank(S: Any) -> float:
         S: ``(k,)`` singular values, non-negative.
 
     Raises:
-        ValueError: as :func:`effective_rank`.
+        ValueError: as [`effective_rank`][bora_ref.analysis.measures.effective_rank].
     """
     s = _spectrum(S)
     return 0.0 if s[0] == 0 else float((s**2).sum() / s[0] ** 2)
@@ -94,14 +94,16 @@ def energy_rank(S: Any, tau: float = 0.9) -> int:
 
     (singular values sorted descending; the comparison allows the rounding of the running sum,
     ``len(S) * eps`` of the total, so exact ties count). ``tau = 0.9`` and ``0.99`` are the usual
-    choices; ``tau = 1`` gives the number of non-zero values.
+    choices. ``tau = 1`` counts the values until the remaining energy is at most
+    ``len(S) * eps`` of the total: trailing values with $s_k^2$ below that allowance are not
+    counted, so it is *not* the number of non-zero values (use a numerical rank for that).
 
     Args:
         S: ``(k,)`` singular values, non-negative.
         tau: fraction of the energy, ``0 < tau <= 1``.
 
     Raises:
-        ValueError: as :func:`effective_rank`, or ``tau`` outside ``(0, 1]``.
+        ValueError: as [`effective_rank`][bora_ref.analysis.measures.effective_rank], or ``tau`` outside ``(0, 1]``.
     """
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < float(tau) <= 1:
         raise BoRAValueError(f"tau must be a number in (0, 1], got {tau!r}")
@@ -122,14 +124,14 @@ def threshold_rank(S: Any, threshold: float = PAPER_THRESHOLD) -> int:
 
     It depends on the scale of the update (``alpha``, the learning rate, the training length):
     scaling $\\Delta W$ by 10 can raise it, so compare it only between adapters of the same scale.
-    :func:`bora_ref.numerical_rank` uses a relative tolerance instead (see ``docs/rank.md``).
+    [`bora_ref.numerical_rank`][bora_ref.numerical_rank] uses a relative tolerance instead (see ``docs/rank.md``).
 
     Args:
         S: ``(k,)`` singular values, non-negative.
         threshold: absolute cut-off, ``>= 0``.
 
     Raises:
-        ValueError: as :func:`effective_rank`, or a negative or non-finite ``threshold``.
+        ValueError: as [`effective_rank`][bora_ref.analysis.measures.effective_rank], or a negative or non-finite ``threshold``.
     """
     if (
         isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
@@ -146,7 +148,7 @@ def spectral_energy(S: Any) -> float:
         S: ``(k,)`` singular values, non-negative.
 
     Raises:
-        ValueError: as :func:`effective_rank`.
+        ValueError: as [`effective_rank`][bora_ref.analysis.measures.effective_rank].
     """
     return float((_spectrum(S) ** 2).sum())
 
@@ -156,9 +158,12 @@ class RankMeasures:
     """All measures of one spectrum (see the module table for the definitions).
 
     Attributes:
-        effective: :func:`effective_rank`. stable: :func:`stable_rank`.
-        energy_90, energy_99: :func:`energy_rank` at ``tau = 0.9`` and ``0.99``.
-        threshold: :func:`threshold_rank` at the threshold used. energy: :func:`spectral_energy`.
+        effective: [`effective_rank`][bora_ref.analysis.measures.effective_rank].
+        stable: [`stable_rank`][bora_ref.analysis.measures.stable_rank].
+        energy_90: [`energy_rank`][bora_ref.analysis.measures.energy_rank] at ``tau = 0.9``.
+        energy_99: [`energy_rank`][bora_ref.analysis.measures.energy_rank] at ``tau = 0.99``.
+        threshold: [`threshold_rank`][bora_ref.analysis.measures.threshold_rank] at the threshold used.
+        energy: [`spectral_energy`][bora_ref.analysis.measures.spectral_energy].
     """
 
     effective: float
@@ -174,12 +179,12 @@ def rank_measures(S: Any, *, threshold: float = PAPER_THRESHOLD) -> RankMeasures
 
     Args:
         S: ``(k,)`` singular values, non-negative.
-        threshold: the absolute cut-off of :func:`threshold_rank` (default the paper's 0.005).
+        threshold: the absolute cut-off of [`threshold_rank`][bora_ref.analysis.measures.threshold_rank] (default the paper's 0.005).
 
     Raises:
         ValueError: as the individual measures.
 
-    Example:
+    Examples:
         >>> m = rank_measures(np.array([4.0, 2.0, 2.0, 0.0]))
         >>> round(m.effective, 4), m.stable, m.energy_90, m.threshold, m.energy
         (2.8284, 1.5, 3, 3, 24.0)

@@ -1,13 +1,13 @@
 """What a fine-tuned adapter learned: ΔW spectra and ranks per layer, and parameter budgets.
 
-Spectra and ranks come from :func:`bora_ref.model_rank_info` (structured SVD of the layer's
+Spectra and ranks come from [`bora_ref.model_rank_info`][bora_ref.model_rank_info] (structured SVD of the layer's
 factors and effective Σ; the ``(m, n)`` update is never formed). Per layer:
 
 - ``numerical``: the numerical rank with the float32 rounding-noise floor of the adapter
   (``storage_dtype="auto"``) — how many directions the factors *can* express;
-- ``energy``: :func:`bora_ref.analysis.measures.energy_rank`, the fewest singular values holding 90% of
+- ``energy``: [`bora_ref.analysis.measures.energy_rank`][bora_ref.analysis.measures.energy_rank], the fewest singular values holding 90% of
   $\\|\\Delta W\\|_F^2$ — how many directions the update actually *uses*;
-- ``effective``: :func:`bora_ref.analysis.measures.effective_rank` (Roy & Vetterli), a smooth version.
+- ``effective``: [`bora_ref.analysis.measures.effective_rank`][bora_ref.analysis.measures.effective_rank] (Roy & Vetterli), a smooth version.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from torch import nn
 from .._validation import check_int
 from ..nn.layer import BoRALinear
 from ..analysis.measures import effective_rank, energy_rank
-from ..analysis.params import param_count
+from ..analysis.params import equal_budget_lora_rank, param_count
 from ..analysis.rank import rank_bound
 from ..nn.inspect import model_rank_info
 
 __all__ = [
     "adapter_layers",
-    "equal_budget_lora_rank",
     "layer_ranks",
     "layer_spectra",
     "overhead_rows",
@@ -35,7 +34,7 @@ __all__ = [
 
 
 def adapter_layers(model: nn.Module) -> dict[str, BoRALinear]:
-    """The model's :class:`BoRALinear` layers by qualified name, in ``named_modules`` order."""
+    """The model's [`BoRALinear`][bora_ref.BoRALinear] layers by qualified name, in ``named_modules`` order."""
     return {name: module for name, module in model.named_modules() if isinstance(module, BoRALinear)}
 
 
@@ -49,7 +48,7 @@ def layer_spectra(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def layer_ranks(model: nn.Module, tau: float = 0.9) -> dict[str, dict[str, float]]:
-    """Per adapted layer: ``bound`` (:func:`bora_ref.rank_bound`), ``numerical``, ``energy`` and ``effective`` rank.
+    """Per adapted layer: ``bound`` ([`bora_ref.rank_bound`][bora_ref.rank_bound]), ``numerical``, ``energy`` and ``effective`` rank.
 
     Raises:
         ValueError: the model has no BoRA layer.
@@ -65,18 +64,6 @@ def layer_ranks(model: nn.Module, tau: float = 0.9) -> dict[str, dict[str, float
             "effective": effective_rank(info.singular_values),
         }
     return out
-
-
-def equal_budget_lora_rank(m: int, n: int, r: int, b: int) -> int:
-    """Largest LoRA rank whose ``r' (m + n)`` parameters fit in BoRA's ``r (m + n) + b^2 r``.
-
-    $$r' = \\lfloor (r(m + n) + b^2 r) / (m + n) \\rfloor$$
-
-    Raises:
-        ValueError: as :func:`bora_ref.param_count`.
-    """
-    total = param_count(m, n, r, b).total
-    return total // (m + n)
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -1,9 +1,9 @@
 """The whole BoRA-vs-LoRA comparison, as one function and one command.
 
 ``python -m bora_ref.experiments --setting cpu --json results.json`` runs it and prints the
-tables (:mod:`bora_ref.experiments.tables`). Settings: ``smoke`` (seconds-scale, for CI),
+tables (`bora_ref.experiments.tables`). Settings: ``smoke`` (seconds-scale, for CI),
 ``cpu`` (~30 min on two busy shared cores), ``cuda`` (more epochs, seeds and learning rates).
-:func:`setting_from_env` picks one: ``BORA_SETTING`` if set, else ``smoke`` when
+`setting_from_env` picks one: ``BORA_SETTING`` if set, else ``smoke`` when
 ``BORA_SMOKE=1``, else ``cuda`` when a GPU is present, else ``cpu``.
 """
 
@@ -23,7 +23,8 @@ import torch
 
 from .._validation import BoRAValueError
 from ..models import load_pretrained
-from .analysis import adapter_layers, equal_budget_lora_rank, layer_ranks, layer_spectra, overhead_rows, trainable_parameters
+from ..analysis.params import equal_budget_lora_rank
+from .analysis import adapter_layers, layer_ranks, layer_spectra, overhead_rows, trainable_parameters
 from .baseline import frozen_embedding_baseline
 from .data import load_bbc_news, stratified_split
 from .finetune import AdapterSpec, TrainConfig, encode, evaluate, reset_head, setup_adapters, train, upgrade_to_bora

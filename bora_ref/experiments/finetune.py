@@ -1,6 +1,6 @@
 """Adapter set-up, the training loop and evaluation for sequence classification.
 
-Every adapter is a :class:`bora_ref.BoRALinear`. LoRA is the same layer with ``b = 1``,
+Every adapter is a [`bora_ref.BoRALinear`][bora_ref.BoRALinear]. LoRA is the same layer with ``b = 1``,
 ``sigma_param="raw"`` and ``σ`` frozen at 1, i.e. exactly $\\Delta W = B \\, \\mathrm{diag}(1) \\, A = BA$
 with PEFT's initialisation (Kaiming-uniform ``A``, ``B = 0``): LoRA and BoRA then differ in Σ
 only, and run through the same code. Optimiser: AdamW without weight decay, linear warm-up and
@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from .._validation import BoRAValueError, check_choice, check_int, check_positive_float, check_probability
 from ..nn.inject import apply_bora
-from ..nn.layer import SIGMA_PARAMS, BoRALinear
+from ..nn.config import BoRAConfig
+from ..nn.layer import BoRALinear
+from ..nn.sigma import DEFAULT_SIGMA_PARAM, SIGMA_REGISTRY, get_sigma_param
 from .analysis import adapter_layers, layer_ranks
 from .data import TextDataset
 
@@ -58,15 +60,18 @@ class AdapterSpec:
     name: str
     r: int
     b: int = 1
-    sigma_param: str = "exp_norm"
+    sigma_param: str = DEFAULT_SIGMA_PARAM
     train_sigma: bool = True
 
     def __post_init__(self) -> None:
         check_int("r", self.r, minimum=1)
         check_int("b", self.b, minimum=1)
-        check_choice("sigma_param", self.sigma_param, SIGMA_PARAMS)
-        if not self.train_sigma and self.sigma_param != "raw":
-            raise BoRAValueError("train_sigma=False needs sigma_param='raw' (a frozen exp_norm Σ is not all ones)")
+        param = get_sigma_param(self.sigma_param)
+        if not self.train_sigma and not param.may_freeze:
+            frozen_ok = [name for name, p in SIGMA_REGISTRY.items() if p.may_freeze]
+            raise BoRAValueError(
+                f"train_sigma=False needs a sigma_param whose initial Σ is 1 {frozen_ok}, got {self.sigma_param!r}"
+            )
 
     @classmethod
     def lora(cls, r: int) -> AdapterSpec:
@@ -74,9 +79,9 @@ class AdapterSpec:
         return cls(f"LoRA r={r}", r, 1, "raw", False)
 
     @classmethod
-    def bora(cls, r: int, b: int, sigma_param: str = "exp_norm") -> AdapterSpec:
+    def bora(cls, r: int, b: int, sigma_param: str = DEFAULT_SIGMA_PARAM) -> AdapterSpec:
         """BoRA with ``b`` blocks; the name records a non-default Σ parameterisation."""
-        suffix = "" if sigma_param == "exp_norm" else f", Σ {sigma_param}"
+        suffix = "" if sigma_param == DEFAULT_SIGMA_PARAM else f", Σ {sigma_param}"
         return cls(f"BoRA r={r} b={b}{suffix}", r, b, sigma_param, True)
 
 
@@ -106,13 +111,13 @@ def reset_head(model: nn.Module, head_modules: Sequence[str] = HEAD_MODULES) -> 
 def setup_adapters(
     model: nn.Module, spec: AdapterSpec, target_modules: Sequence[str] | str, head_modules: Sequence[str] = HEAD_MODULES
 ) -> nn.Module:
-    """Put ``spec``'s adapters on ``target_modules`` (:func:`bora_ref.apply_bora`) and train the head too.
+    """Put ``spec``'s adapters on ``target_modules`` ([`bora_ref.apply_bora`][bora_ref.apply_bora]) and train the head too.
 
     Trainable afterwards: ``lora_A``, ``lora_B``, ``sigma`` (unless ``spec.train_sigma`` is off)
     and the parameters of ``head_modules``; everything else is frozen.
 
     Raises:
-        ValueError: as :func:`bora_ref.apply_bora`, or no module matches ``head_modules``
+        ValueError: as [`bora_ref.apply_bora`][bora_ref.apply_bora], or no module matches ``head_modules``
             (checked first: the model is unchanged then).
     """
     if not isinstance(spec, AdapterSpec):
@@ -144,7 +149,8 @@ def upgrade_to_bora(model: nn.Module, b: int, sigma_param: str = "raw") -> nn.Mo
     for name, layer in layers.items():
         if layer.b != 1:
             raise BoRAValueError(f"layer {name!r} already has b={layer.b}; upgrade_to_bora starts from LoRA (b=1)")
-        BoRALinear._check_config(layer.out_features, layer.in_features, layer.r, b, layer.alpha, layer.rslora, sigma_param, 0.0)
+        BoRAConfig(r=layer.r, b=b, alpha=layer.alpha, rslora=layer.rslora, sigma_param=sigma_param).check_shape(
+            layer.out_features, layer.in_features)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, old in layers.items():
@@ -153,7 +159,7 @@ def upgrade_to_bora(model: nn.Module, b: int, sigma_param: str = "raw") -> nn.Mo
         with torch.no_grad():
             new.lora_A.copy_(old.lora_A)
             new.lora_B.copy_(old.lora_B)
-            new.sigma.fill_(1.0 if sigma_param == "raw" else 0.0)
+            new.sigma.fill_(get_sigma_param(sigma_param).identity_value)
         new.lora_A.requires_grad_(False)
         new.lora_B.requires_grad_(False)
         parent, _, child = name.rpartition(".")
@@ -198,7 +204,9 @@ class TrainConfig:
         epochs: passes over the training data. batch_size: examples per step.
         lr: AdamW learning rate (no weight decay). warmup_ratio: fraction of steps of linear warm-up,
         then linear decay to 0. rank_every: record layer ranks every this many steps (0: never).
-        eval_batch_size: batch size of :func:`evaluate`. progress: show a tqdm bar.
+        eval_batch_size: batch size of `evaluate`. progress: show a tqdm bar.
+        grad_clip: if set, clip the global gradient norm of the trainable parameters to this
+        value before every optimiser step (``torch.nn.utils.clip_grad_norm_``); ``None``: no clipping.
     """
 
     epochs: int = 3
@@ -208,6 +216,7 @@ class TrainConfig:
     rank_every: int = 0
     eval_batch_size: int = 128
     progress: bool = True
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         check_int("epochs", self.epochs, minimum=1)
@@ -216,13 +225,19 @@ class TrainConfig:
         check_probability("warmup_ratio", self.warmup_ratio)
         check_int("rank_every", self.rank_every, minimum=0)
         check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        if self.grad_clip is not None:
+            check_positive_float("grad_clip", self.grad_clip)
 
 
 @dataclass
 class TrainLog:
-    """What :func:`train` records: per-step loss and seconds; ``ranks`` as ``(step, {layer: energy rank})``."""
+    """What `train` records: per-step loss and seconds; ``ranks`` as ``(step, {layer: energy rank})``.
+
+    ``grad_norms``: the global gradient norm before clipping, per step (only with ``grad_clip``).
+    """
 
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     ranks: list[tuple[int, dict[str, int]]] = field(default_factory=list)
 
@@ -242,7 +257,7 @@ def train(
     desc: str = "train",
     on_epoch: Callable[[int], None] | None = None,
 ) -> TrainLog:
-    """Train the model's trainable parameters with cross-entropy; returns the :class:`TrainLog`.
+    """Train the model's trainable parameters with cross-entropy; returns the `TrainLog`.
 
     The batch order comes from ``torch.Generator().manual_seed(seed)`` (same seed, same order
     for every adapter). ``on_epoch(epoch)`` is called after every epoch.
@@ -276,6 +291,8 @@ def train(
             loss = F.cross_entropy(_logits(model, inputs), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if config.grad_clip is not None:
+                log.grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip)))
             opt.step()
             sched.step()
             if str(device).startswith("cuda"):

@@ -1,4 +1,4 @@
-"""Markdown tables from :func:`bora_ref.experiments.experiment.run_experiment` results.
+"""Markdown tables from `bora_ref.experiments.experiment.run_experiment` results.
 
 Accuracies are in percent; ``mean ± std`` is over seeds (sample standard deviation, ``ddof=1``;
 ``± 0.0`` marks a single seed). "Δ vs LoRA" is paired: the difference to LoRA(r) of the *same*
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import equal_budget_lora_rank
+from ..analysis.params import equal_budget_lora_rank
 
 __all__ = [
     "PAPER_GAIN",
@@ -161,7 +161,7 @@ def _paired(results: dict[str, Any], method: str, ref: str) -> np.ndarray:
 
 
 def verdict(results: dict[str, Any]) -> str:
-    """A paragraph, computed from the numbers, on BoRA's gain over LoRA against :data:`PAPER_GAIN`.
+    """A paragraph, computed from the numbers, on BoRA's gain over LoRA against `PAPER_GAIN`.
 
     A paired gain counts as resolved when its mean is more than two standard errors from 0
     (with one seed nothing is resolved).

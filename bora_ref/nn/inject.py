@@ -7,6 +7,7 @@ regular expression that must match the whole qualified name (``re.fullmatch``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .._validation import BoRAValueError
+from .config import BoRAConfig
 from .layer import BoRALinear
 
 __all__ = [
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "sigma")
-"""Names of a :class:`BoRALinear`'s trainable parameters."""
+"""Names of a [`BoRALinear`][bora_ref.BoRALinear]'s trainable parameters."""
 
 
 def _matcher(target_modules: Any) -> Any:
@@ -77,7 +79,7 @@ def apply_bora(
     alpha: float | None = None,
     **layer_kwargs: Any,
 ) -> nn.Module:
-    """Replace matching ``nn.Linear`` modules of ``model`` in place by :class:`BoRALinear`.
+    """Replace matching ``nn.Linear`` modules of ``model`` in place by [`BoRALinear`][bora_ref.BoRALinear].
 
     Every parameter that is not an adapter parameter (``lora_A``, ``lora_B``, ``sigma``) is
     frozen. The check runs on every target before anything changes: on error the model is
@@ -87,7 +89,9 @@ def apply_bora(
         model: any ``nn.Module``.
         target_modules: list of names (exact or suffix after a ``.``), or a regex string that must
             match the whole qualified module name (PEFT's convention).
-        r, b, alpha: passed to every :meth:`BoRALinear.from_linear`.
+        r: rank of each block product, passed to every [`BoRALinear.from_linear`][bora_ref.BoRALinear.from_linear].
+        b: number of blocks per side, passed likewise.
+        alpha: scaling numerator, passed likewise.
         **layer_kwargs: ``rslora``, ``sigma_param``, ``dropout``, ``adapter_dtype``, passed through.
 
     Returns:
@@ -106,21 +110,16 @@ def apply_bora(
     if unknown:
         raise BoRAValueError(f"apply_bora got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
 
+    config = BoRAConfig(r=r, b=b, alpha=alpha, **layer_kwargs)  # one validation of the settings
     # Validate every target first (pure checks), so a failure leaves the model untouched.
     for name in names:
         linear = model.get_submodule(name)
         try:
-            BoRALinear._check_config(
-                linear.out_features, linear.in_features, r, b, alpha, layer_kwargs.get("rslora", False),
-                layer_kwargs.get("sigma_param", "exp_norm"), layer_kwargs.get("dropout", 0.0),
-            )
+            config.check_shape(linear.out_features, linear.in_features)
         except BoRAValueError as exc:
             raise BoRAValueError(f"cannot adapt {name!r} ({linear.out_features}x{linear.in_features}): {exc}") from None
-    adapter_dtype = layer_kwargs.get("adapter_dtype")
-    if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype) and adapter_dtype.is_floating_point):
-        raise BoRAValueError(f"adapter_dtype must be a floating torch.dtype, got {adapter_dtype!r}")
 
-    new_layers = {name: BoRALinear.from_linear(model.get_submodule(name), r, b, alpha=alpha, **layer_kwargs) for name in names}
+    new_layers = {name: BoRALinear.from_config(model.get_submodule(name), config) for name in names}
     for name, layer in new_layers.items():
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
@@ -131,8 +130,29 @@ def apply_bora(
     return model
 
 
+@contextlib.contextmanager
+def _all_or_nothing(model: nn.Module) -> Iterator[None]:
+    """Undo every module replacement and ``requires_grad`` change made inside the block if it raises.
+
+    Records each submodule's children and each parameter's ``requires_grad`` first; on any
+    exception (including ``KeyboardInterrupt`` and a failed allocation) puts them back and
+    re-raises, so a refused call leaves the model tree and its flags as they were.
+    """
+    children = [(module, dict(module._modules)) for module in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    except BaseException:
+        for module, saved in children:
+            module._modules.clear()
+            module._modules.update(saved)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        raise
+
+
 def bora_layers(model: nn.Module) -> Iterator[BoRALinear]:
-    """All :class:`BoRALinear` modules of ``model``, in ``named_modules`` order."""
+    """All [`BoRALinear`][bora_ref.BoRALinear] modules of ``model``, in ``named_modules`` order."""
     for module in model.modules():
         if isinstance(module, BoRALinear):
             yield module
@@ -158,7 +178,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_adapter_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Copy adapter tensors into ``model``'s BoRA layers; all-or-nothing.
 
-    Keys, shapes and dtypes must match :func:`adapter_state_dict` exactly (no missing, no
+    Keys, shapes and dtypes must match [`adapter_state_dict`][bora_ref.adapter_state_dict] exactly (no missing, no
     extra keys); every check runs before the first copy, so on error the model is unchanged.
 
     Raises:
@@ -191,7 +211,7 @@ def load_adapter_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
 
 
 def merge_bora(model: nn.Module, safe: bool = False) -> nn.Module:
-    """Merge every BoRA layer of ``model`` (see :meth:`BoRALinear.merge`); returns ``model``.
+    """Merge every BoRA layer of ``model`` (see [`BoRALinear.merge`][bora_ref.BoRALinear.merge]); returns ``model``.
 
     With ``safe=True`` all merged weights are computed and checked first; a non-finite one
     raises before any layer is merged.

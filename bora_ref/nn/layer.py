@@ -17,39 +17,17 @@ import torch
 from torch import nn
 
 from .. import torch_ref
-from .._validation import (
-    BoRAValueError,
-    check_b,
-    check_choice,
-    check_int,
-    check_positive_float,
-    check_probability,
-)
+from .._validation import BoRAValueError, check_int
+from .config import BoRAConfig
+from .sigma import DEFAULT_SIGMA_PARAM, SIGMA_PARAMS, get_sigma_param
 
 __all__ = ["BoRALinear", "SIGMA_PARAMS"]
-
-SIGMA_PARAMS = ("exp_norm", "raw")
-"""The two Σ parameterisations: the paper's ``exp(σ / mean|σ|)`` and the plain ``σ``."""
 
 
 def _init_lora_A_(A: torch.Tensor) -> None:
     """PEFT's default LoRA init: Kaiming-uniform with ``a = sqrt(5)`` (bound ``1 / sqrt(n)``)."""
     nn.init.kaiming_uniform_(A, a=math.sqrt(5))
 
-
-def _init_sigma_(sigma: torch.Tensor, sigma_param: str, fan_in: int) -> None:
-    """``exp_norm``: uniform like ``lora_A`` (the paper); ``raw``: ones, so step 0 is exactly LoRA."""
-    with torch.no_grad():
-        if sigma_param == "raw":
-            sigma.fill_(1.0)
-        else:
-            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform_(a=sqrt(5)) with lora_A's fan-in
-            sigma.uniform_(-bound, bound)
-
-
-def _default_adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
-    # Like PEFT's get_peft_model(autocast_adapter_dtype=True): 16-bit bases get float32 adapters.
-    return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
 
 
 class BoRALinear(nn.Module):
@@ -78,18 +56,19 @@ class BoRALinear(nn.Module):
         out_features: ``m``.
         r: rank of each block product, ``>= 1``.
         b: number of blocks per side, ``1 <= b <= min(m, n)``.
-        alpha: scaling numerator (default ``r``, i.e. ``scaling = 1``).
+        alpha: scaling numerator (default ``r``: ``scaling = 1``, or ``sqrt(r)`` with ``rslora``).
         rslora: use ``alpha / sqrt(r)`` instead of ``alpha / r``.
         sigma_param: ``"exp_norm"`` or ``"raw"``.
         bias: whether the base layer has a bias.
         dropout: dropout probability on the adapter input, in ``[0, 1)``.
-        device, dtype: of the base layer.
+        device: device of the base layer (and of the adapter).
+        dtype: dtype of the base layer.
         adapter_dtype: dtype of ``lora_A``, ``lora_B``, ``sigma`` (see Precision).
 
     Raises:
         ValueError: for any invalid argument (the message names it).
 
-    Example:
+    Examples:
         >>> layer = BoRALinear(64, 32, r=4, b=4)
         >>> layer(torch.randn(2, 10, 64)).shape
         torch.Size([2, 10, 32])
@@ -104,7 +83,7 @@ class BoRALinear(nn.Module):
         *,
         alpha: float | None = None,
         rslora: bool = False,
-        sigma_param: str = "exp_norm",
+        sigma_param: str = DEFAULT_SIGMA_PARAM,
         bias: bool = True,
         dropout: float = 0.0,
         device: torch.device | str | None = None,
@@ -113,10 +92,11 @@ class BoRALinear(nn.Module):
     ) -> None:
         in_features = check_int("in_features", in_features, minimum=1)
         out_features = check_int("out_features", out_features, minimum=1)
-        config = self._check_config(out_features, in_features, r, b, alpha, rslora, sigma_param, dropout)
+        config = BoRAConfig(r=r, b=b, alpha=alpha, rslora=rslora, sigma_param=sigma_param, dropout=dropout,
+                            adapter_dtype=adapter_dtype).check_shape(out_features, in_features)
         super().__init__()
         base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._setup(base, config, adapter_dtype)
+        self._setup(base, config)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, r: int, b: int, **kwargs: Any) -> BoRALinear:
@@ -124,7 +104,8 @@ class BoRALinear(nn.Module):
 
         Args:
             linear: the layer to adapt; becomes ``self.base``.
-            r, b: as in the constructor.
+            r: rank of each block product, as in the constructor.
+            b: number of blocks per side, as in the constructor.
             **kwargs: ``alpha``, ``rslora``, ``sigma_param``, ``dropout``, ``adapter_dtype``.
 
         Raises:
@@ -137,43 +118,38 @@ class BoRALinear(nn.Module):
         unknown = set(kwargs) - allowed
         if unknown:
             raise BoRAValueError(f"from_linear got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
-        adapter_dtype = kwargs.pop("adapter_dtype", None)
-        config = cls._check_config(
-            linear.out_features, linear.in_features, r, b, kwargs.get("alpha"), kwargs.get("rslora", False),
-            kwargs.get("sigma_param", "exp_norm"), kwargs.get("dropout", 0.0),
-        )
+        config = BoRAConfig(r=r, b=b, **kwargs).check_shape(linear.out_features, linear.in_features)
+        return cls.from_config(linear, config)
+
+    @classmethod
+    def from_config(cls, linear: nn.Linear, config: BoRAConfig) -> BoRALinear:
+        """Wrap an existing ``nn.Linear`` with the settings of a [`BoRAConfig`][bora_ref.nn.config.BoRAConfig].
+
+        Raises:
+            ValueError: ``linear`` is not an ``nn.Linear``, ``config`` is not a ``BoRAConfig``, or
+                ``config.b > min(m, n)`` (``linear`` is left untouched then).
+        """
+        if not isinstance(linear, nn.Linear):
+            raise BoRAValueError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        if not isinstance(config, BoRAConfig):
+            raise BoRAValueError(f"config must be a bora_ref.nn.config.BoRAConfig, got {type(config).__name__}")
+        config.check_shape(linear.out_features, linear.in_features)
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self._setup(linear, config, adapter_dtype)
+        self._setup(linear, config)
         return self
 
-    @staticmethod
-    def _check_config(
-        m: int, n: int, r: Any, b: Any, alpha: Any, rslora: Any, sigma_param: Any, dropout: Any
-    ) -> dict[str, Any]:
-        r = check_int("r", r, minimum=1)
-        b = check_b(b, m, n)
-        alpha = float(r) if alpha is None else check_positive_float("alpha", alpha)
-        if not isinstance(rslora, bool):
-            raise BoRAValueError(f"rslora must be a bool, got {rslora!r}")
-        sigma_param = check_choice("sigma_param", sigma_param, SIGMA_PARAMS)
-        dropout = check_probability("dropout", dropout)
-        return {"r": r, "b": b, "alpha": alpha, "rslora": rslora, "sigma_param": sigma_param, "dropout": dropout}
-
-    def _setup(self, base: nn.Linear, config: dict[str, Any], adapter_dtype: torch.dtype | None) -> None:
-        if adapter_dtype is None:
-            adapter_dtype = _default_adapter_dtype(base.weight.dtype)
-        elif not (isinstance(adapter_dtype, torch.dtype) and adapter_dtype.is_floating_point):
-            raise BoRAValueError(f"adapter_dtype must be a floating torch.dtype, got {adapter_dtype!r}")
+    def _setup(self, base: nn.Linear, config: BoRAConfig) -> None:
+        adapter_dtype = config.adapter_dtype_for(base.weight.dtype)
         m, n = base.out_features, base.in_features
-        r, b = config["r"], config["b"]
         self.in_features, self.out_features = n, m
-        self.r, self.b = r, b
-        self.alpha = config["alpha"]
-        self.rslora = config["rslora"]
-        self.sigma_param = config["sigma_param"]
-        self.scaling = self.alpha / (math.sqrt(r) if self.rslora else r)
+        self.r, self.b = config.r, config.b
+        self.alpha = float(config.alpha)  # type: ignore[arg-type]  # resolved by BoRAConfig
+        self.rslora = config.rslora
+        self.sigma_param = config.sigma_param
+        self.scaling = config.scaling
         self.merged = False
+        r, b = config.r, config.b
 
         for p in base.parameters():
             p.requires_grad_(False)
@@ -182,14 +158,21 @@ class BoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(r, n, **factory))  # (r, n)
         self.lora_B = nn.Parameter(torch.zeros(m, r, **factory))  # (m, r)
         self.sigma = nn.Parameter(torch.empty(b, b, r, **factory))  # (b, b, r), raw
-        self.dropout = nn.Dropout(config["dropout"]) if config["dropout"] > 0 else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_adapter_parameters()
+
+    @property
+    def config(self) -> BoRAConfig:
+        """This layer's settings as a [`BoRAConfig`][bora_ref.nn.config.BoRAConfig] (``adapter_dtype`` is the actual one)."""
+        return BoRAConfig(r=self.r, b=self.b, alpha=self.alpha, rslora=self.rslora, sigma_param=self.sigma_param,
+                          dropout=self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0,
+                          adapter_dtype=self.lora_A.dtype)
 
     def reset_adapter_parameters(self) -> None:
         """Re-initialise the adapter: ``lora_A`` Kaiming-uniform, ``lora_B = 0``, ``sigma`` per ``sigma_param``."""
         _init_lora_A_(self.lora_A)
         nn.init.zeros_(self.lora_B)
-        _init_sigma_(self.sigma, self.sigma_param, self.in_features)
+        get_sigma_param(self.sigma_param).init_(self.sigma, self.in_features)
 
     def effective_sigma(self) -> torch.Tensor:
         """The ``(b, b, r)`` diagonals that enter ΔW.
@@ -197,12 +180,7 @@ class BoRALinear(nn.Module):
         ``"exp_norm"``: $\\exp(\\sigma / \\mathrm{mean}|\\sigma|)$ over the whole tensor, with
         ``mean|σ| = 0`` treated as 1 (so ``σ = 0`` gives exactly ones). ``"raw"``: ``σ`` itself.
         """
-        if self.sigma_param == "raw":
-            return self.sigma
-        mav = self.sigma.abs().mean()
-        # Guarded denominator (not a where() on the quotient): keeps gradients finite at σ = 0.
-        denom = torch.where(mav > 0, mav, torch.ones_like(mav))
-        return torch.exp(self.sigma / denom)
+        return get_sigma_param(self.sigma_param).effective(self.sigma)
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * ΔW``, ``(m, n)`` in the adapter dtype (formed explicitly; used by merge)."""

@@ -1,19 +1,32 @@
 """Convert between Hugging Face PEFT LoRA adapters and BoRA layers.
 
-LoRA is BoRA with $\\Sigma \\equiv 1$ (DESIGN.md fact 1), so a trained LoRA adapter becomes a
-BoRA adapter with unchanged outputs: copy ``A (r, n)`` and ``B (m, r)``, keep ``r``, ``alpha``
-and ``rslora``, and set the raw ``sigma (b, b, r)`` so that
-:meth:`~bora_ref.BoRALinear.effective_sigma` is exactly one (``σ = 0`` under ``"exp_norm"``,
+LoRA is BoRA with $\\Sigma \\equiv 1$ ($\\Delta W_{[i,j]} = B_i I A_j$ is block $(i, j)$ of $BA$),
+so a trained LoRA adapter becomes a BoRA adapter with unchanged outputs: copy ``A (r, n)`` and
+``B (m, r)``, keep ``r``, ``alpha`` and ``rslora``, and set the raw ``sigma (b, b, r)`` so that
+[`effective_sigma`][bora_ref.BoRALinear.effective_sigma] is exactly one (``σ = 0`` under ``"exp_norm"``,
 ``σ = 1`` under ``"raw"``). Training then goes on as BoRA.
 
-The way back is exact only when Σ is *separable*, $\\Sigma_{ij} = u_i \\odot v_j$ for vectors
-$u_i, v_j \\in \\mathbb{R}^r$ (DESIGN.md fact 3; every Σ is separable when ``b = 1``). Then
+The way back is exact exactly when $\\mathrm{rank}(\\Delta W) \\le r$: a rank-``r`` LoRA update
+$B'A'$ is any matrix of rank at most ``r``. Two routes, tried in this order:
 
-$$\\Delta W_{[i,j]} = B_i\\,\\mathrm{diag}(u_i)\\,\\mathrm{diag}(v_j)\\,A_j
-  = B'_i A'_j, \\qquad B'_i = B_i\\,\\mathrm{diag}(u_i), \\quad A'_j = \\mathrm{diag}(v_j)\\,A_j,$$
+1. **Separable Σ**, $\\Sigma_{ij} = u_i \\odot v_j$ for vectors $u_i, v_j \\in \\mathbb{R}^r$
+   (always true for ``b = 1``): fold the diagonals into the factors,
 
-a LoRA update of rank ``r``. For any other Σ, ``rank(ΔW)`` can reach
-``rank_bound(m, n, r, b) > r`` and no rank-``r`` LoRA represents it, so the conversion refuses.
+   $$\\Delta W_{[i,j]} = B_i\\,\\mathrm{diag}(u_i)\\,\\mathrm{diag}(v_j)\\,A_j
+     = B'_i A'_j, \\qquad B'_i = B_i\\,\\mathrm{diag}(u_i), \\quad A'_j = \\mathrm{diag}(v_j)\\,A_j .$$
+
+   This keeps the factors' structure (Σ ≡ 1 gives back ``B`` and ``A`` bit for bit).
+2. **Any other Σ**: separability is sufficient, not necessary (``r = b = 2`` with channel
+   matrices $M_0 = I$, $M_1 = 0$ is not separable, yet $\\mathrm{rank}\\,\\Delta W \\le 2$). The
+   structured SVD $\\Delta W = U \\mathrm{diag}(S) V_h$ (never forming $\\Delta W$) gives the
+   numerical rank ``k`` (default factor tolerance of [`bora_ref.factor_rank_info`][bora_ref.factor_rank_info]); if
+   ``k <= r``, $B' = U_k \\mathrm{diag}(\\sqrt{S_k})$ and $A' = \\mathrm{diag}(\\sqrt{S_k}) V_{h,k}$,
+   padded to ``r`` with zero columns of $B'$ and unit right singular directions as rows of $A'$.
+   If ``k > r`` no rank-``r`` LoRA represents $\\Delta W$ and the conversion refuses, naming
+   ``k`` and the tolerance.
+
+The layer's ``scaling`` stays outside the factors (the LoRA adapter gets the same ``r``,
+``alpha`` and ``rslora``). Non-finite ``lora_B``, ``lora_A`` or Σ are refused.
 
 PEFT is optional (``pip install 'bora-ref[peft]'``) and imported only inside these functions.
 Besides PEFT's public ``LoraConfig``, ``get_peft_model`` and ``PeftModel``, this module reads
@@ -28,14 +41,18 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .._validation import BoRAValueError, check_choice, check_positive_float
 from .inject import apply_bora
-from .layer import SIGMA_PARAMS, BoRALinear
+from .config import BoRAConfig
+from .layer import BoRALinear
+from .sigma import DEFAULT_SIGMA_PARAM, get_sigma_param
 from ..partition import block_slices
-from ..analysis.rank import rank_bound
+from ..analysis.rank import factor_rank_info, rank_bound
+from ..analysis.svd import structured_svd
 
 __all__ = ["bora_from_peft", "bora_to_peft", "lora_factors"]
 
@@ -94,7 +111,8 @@ def _lora_spec(name: str, layer: Any, adapter_name: str | None, b: Any, sigma_pa
     drop = layer.lora_dropout[key]
     dropout = drop.p if isinstance(drop, nn.Dropout) else 0.0
     try:
-        BoRALinear._check_config(base.out_features, base.in_features, r, b, alpha, rslora, sigma_param, dropout)
+        BoRAConfig(r=r, b=b, alpha=alpha, rslora=rslora, sigma_param=sigma_param, dropout=dropout).check_shape(
+            base.out_features, base.in_features)
     except BoRAValueError as exc:
         raise BoRAValueError(f"cannot convert PEFT layer {name!r} ({base.out_features}x{base.in_features}): {exc}") from None
     return {
@@ -104,15 +122,15 @@ def _lora_spec(name: str, layer: Any, adapter_name: str | None, b: Any, sigma_pa
 
 
 def bora_from_peft(
-    model: nn.Module, *, b: int, sigma_param: str = "exp_norm", adapter_name: str | None = None
+    model: nn.Module, *, b: int, sigma_param: str = DEFAULT_SIGMA_PARAM, adapter_name: str | None = None
 ) -> nn.Module:
-    """Turn every PEFT LoRA layer of ``model`` into a :class:`~bora_ref.BoRALinear` with Σ = 1.
+    """Turn every PEFT LoRA layer of ``model`` into a [`BoRALinear`][bora_ref.BoRALinear] with Σ = 1.
 
     Each layer keeps its base ``nn.Linear`` (shared, frozen), ``A (r, n)``, ``B (m, r)``, ``r``,
     ``rslora``, dropout and scaling, and gets ``sigma (b, b, r)`` with effective value one, so
     $y = \\text{base}(x) + s\\, x\\,(BA)^T$ is unchanged (to rounding) and training continues as
     BoRA. A ``modules_to_save`` copy (e.g. a classification head) replaces its original and
-    stays trainable; every other parameter is frozen, as :func:`~bora_ref.apply_bora` does.
+    stays trainable; every other parameter is frozen, as [`apply_bora`][bora_ref.apply_bora] does.
 
     Args:
         model: a ``PeftModel``, a ``LoraModel`` or a plain module containing PEFT LoRA layers.
@@ -133,7 +151,7 @@ def bora_from_peft(
     """
     if not isinstance(model, nn.Module):
         raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    sigma_param = check_choice("sigma_param", sigma_param, SIGMA_PARAMS)
+    sigma_param = get_sigma_param(sigma_param).name
     _peft()
     from peft import PeftModel
     from peft.tuners.lora import Linear as LoraLinear
@@ -176,7 +194,7 @@ def bora_from_peft(
             layer = inner.get_submodule(name)
             layer.lora_A.copy_(spec["A"])
             layer.lora_B.copy_(spec["B"])
-            layer.sigma.fill_(0.0 if sigma_param == "exp_norm" else 1.0)  # effective Σ = 1 exactly
+            layer.sigma.fill_(get_sigma_param(sigma_param).identity_value)  # effective Σ = 1 exactly
     for module in saved.values():
         module.requires_grad_(True)
     if hasattr(inner, "peft_config"):  # PEFT's unload() drops it too: no LoRA layer is left
@@ -205,22 +223,26 @@ def _separate(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def lora_factors(layer: BoRALinear, *, rtol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """LoRA factors ``(B', A')`` of a BoRA layer whose Σ is separable: ``scaling * B' @ A' = delta_weight()``.
+    """LoRA factors ``(B', A')`` with ``scaling * B' @ A' = delta_weight()``, whenever $\\mathrm{rank}\\,\\Delta W \\le r$.
 
-    With $\\Sigma_{ij} = u_i \\odot v_j$: $B'_i = B_i\\,\\mathrm{diag}(u_i)$, $A'_j = \\mathrm{diag}(v_j)\\,A_j$
-    (computed in float64, returned in the adapter dtype).
+    Separable Σ ($\\Sigma_{ij} = u_i \\odot v_j$ within ``rtol``): $B'_i = B_i\\,\\mathrm{diag}(u_i)$,
+    $A'_j = \\mathrm{diag}(v_j)\\,A_j$. Otherwise the truncated structured SVD of
+    $\\Delta W = B \\Sigma A$ (module docstring), which is exact to rounding whenever the
+    numerical rank ``k`` of $\\Delta W$ is at most ``r``. Computed in float64, returned in the
+    adapter dtype.
 
     Args:
-        layer: a :class:`~bora_ref.BoRALinear` (``lora_B (m, r)``, ``lora_A (r, n)``, Σ ``(b, b, r)``).
-        rtol: largest accepted ``max|Σ_k - u_k v_k^T| / max|Σ_k|`` for each rank component ``k``;
-            default ``8 * eps`` of the adapter dtype.
+        layer: a [`BoRALinear`][bora_ref.BoRALinear] (``lora_B (m, r)``, ``lora_A (r, n)``, Σ ``(b, b, r)``).
+        rtol: largest ``max|Σ_k - u_k v_k^T| / max|Σ_k|`` (each rank component ``k``) for which
+            Σ counts as separable and is folded; default ``8 * eps`` of the adapter dtype.
 
     Returns:
         ``B' (m, r)`` and ``A' (r, n)``, detached, in ``lora_A``'s dtype and device.
 
     Raises:
-        ValueError: ``layer`` is not a ``BoRALinear``, ``rtol`` is not positive, or Σ is not
-            separable within ``rtol`` (then ``rank(ΔW)`` may exceed ``r``: no LoRA of rank ``r`` is exact).
+        ValueError: ``layer`` is not a ``BoRALinear``; ``rtol`` is not positive; ``lora_B``,
+            ``lora_A`` or the effective Σ hold NaN or inf; or Σ is not separable and $\\Delta W$
+            has numerical rank ``k > r`` (the message gives ``k`` and the tolerance).
     """
     if not isinstance(layer, BoRALinear):
         raise BoRAValueError(f"layer must be a BoRALinear, got {type(layer).__name__}")
@@ -228,21 +250,43 @@ def lora_factors(layer: BoRALinear, *, rtol: float | None = None) -> tuple[torch
     rtol = 8 * torch.finfo(dtype).eps if rtol is None else check_positive_float("rtol", rtol)
     with torch.no_grad():
         sigma = layer.effective_sigma().double()  # (b, b, r)
+        B, A = layer.lora_B.double(), layer.lora_A.double()  # (m, r), (r, n)
+        for name, value in (("lora_B", B), ("lora_A", A), ("effective sigma", sigma)):
+            if not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise BoRAValueError(
+                    f"{name} has {bad} non-finite value(s) (NaN or inf); no finite LoRA factors represent this update"
+                )
         u, v, residual = _separate(sigma)
+        if bool((residual <= rtol).all()):  # written so that a NaN residual can never pass
+            rows = block_slices(layer.out_features, layer.b)
+            cols = block_slices(layer.in_features, layer.b)
+            B_new = torch.cat([B[rows[i]] * u[i] for i in range(layer.b)], dim=0)  # B_i diag(u_i): (m, r)
+            A_new = torch.cat([v[j][:, None] * A[:, cols[j]] for j in range(layer.b)], dim=1)  # diag(v_j) A_j: (r, n)
+            return B_new.to(dtype), A_new.to(dtype)
         worst = int(residual.argmax())
-        if float(residual[worst]) > rtol:
-            bound = rank_bound(layer.out_features, layer.in_features, layer.r, layer.b)
+        B_np, A_np, s_np = B.cpu().numpy(), A.cpu().numpy(), sigma.cpu().numpy()
+        info = factor_rank_info(B_np, A_np, s_np)
+        r = layer.r
+        if info.rank > r:
+            bound = rank_bound(layer.out_features, layer.in_features, r, layer.b)
             raise BoRAValueError(
                 f"effective sigma is not separable (Σ_ij = u_i * v_j): rank component k={worst} has relative "
-                f"residual {float(residual[worst]):.3g} > rtol={rtol:.3g}; with b={layer.b} the update can reach rank "
-                f"{bound} > r={layer.r}, which no rank-{layer.r} LoRA represents (merge it with merge_and_unload instead)"
+                f"residual {float(residual[worst]):.3g} > rtol={rtol:.3g}, and ΔW has numerical rank {info.rank} > r={r} "
+                f"(structured SVD, tolerance {info.tol:.3g}); with b={layer.b} the update can reach rank {bound} > r={r}, "
+                f"which no rank-{r} LoRA represents (merge it with merge_and_unload instead)"
             )
-        B, A = layer.lora_B.double(), layer.lora_A.double()  # (m, r), (r, n)
-        rows = block_slices(layer.out_features, layer.b)
-        cols = block_slices(layer.in_features, layer.b)
-        B_new = torch.cat([B[rows[i]] * u[i] for i in range(layer.b)], dim=0)  # B_i diag(u_i): (m, r)
-        A_new = torch.cat([v[j][:, None] * A[:, cols[j]] for j in range(layer.b)], dim=1)  # diag(v_j) A_j: (r, n)
-    return B_new.to(dtype), A_new.to(dtype)
+        U, S, Vh = structured_svd(B_np, A_np, s_np)  # (m, c), (c,), (c, n)
+        k = info.rank
+        root = np.sqrt(S[:k])
+        B_out = np.zeros((layer.out_features, r))
+        A_out = np.zeros((r, layer.in_features))
+        B_out[:, :k] = U[:, :k] * root  # U_k diag(sqrt S_k)
+        A_out[:k] = root[:, None] * Vh[:k]  # diag(sqrt S_k) Vh_k
+        extra = min(r, Vh.shape[0])
+        A_out[k:extra] = Vh[k:extra]  # unit directions paired with zero columns of B': trainable, ΔW unchanged
+        device = layer.lora_A.device
+    return torch.from_numpy(B_out).to(device=device, dtype=dtype), torch.from_numpy(A_out).to(device=device, dtype=dtype)
 
 
 def bora_to_peft(
@@ -251,15 +295,16 @@ def bora_to_peft(
 ) -> Any:
     """Turn a model with BoRA layers into a PEFT ``PeftModel`` with LoRA adapters of rank ``r``, where exact.
 
-    Every BoRA layer needs a separable Σ (always true for ``b = 1``; see :func:`lora_factors`);
-    its folded factors go into a LoRA adapter with the same ``r``, ``alpha``, ``rslora`` and
-    dropout, so the outputs agree to rounding. The base ``nn.Linear`` weights are shared.
+    Every BoRA layer needs $\\mathrm{rank}\\,\\Delta W \\le r$ (true for every separable Σ, always
+    for ``b = 1``, and for some non-separable Σ too; see [`lora_factors`][bora_ref.lora_factors]); its LoRA factors
+    go into a LoRA adapter with the same ``r``, ``alpha``, ``rslora`` and dropout, so the
+    outputs agree to rounding. The base ``nn.Linear`` weights are shared.
 
     Args:
-        model: a module containing :class:`~bora_ref.BoRALinear` layers (none merged), all with
+        model: a module containing [`BoRALinear`][bora_ref.BoRALinear] layers (none merged), all with
             the same ``r``, ``alpha``, ``rslora`` and dropout (one ``LoraConfig`` describes them).
         adapter_name: name of the PEFT adapter to create.
-        rtol: separability tolerance, see :func:`lora_factors`.
+        rtol: separability tolerance of the folding route, see [`lora_factors`][bora_ref.lora_factors].
         modules_to_save: qualified names of modules that stay trainable (e.g. a classification
             head), forwarded to ``LoraConfig`` (PEFT matches them by suffix);
             ``get_peft_model`` freezes every other non-LoRA parameter.
@@ -269,7 +314,8 @@ def bora_to_peft(
 
     Raises:
         ValueError: no BoRA layer, a merged layer, layers with different ``r``/``alpha``/
-            ``rslora``/dropout, a non-separable Σ (the message names the layer), or a
+            ``rslora``/dropout, an update of numerical rank ``> r`` or with NaN/inf factors (the
+            message names the layer), or a
             ``modules_to_save`` entry that names no module. All checks and factorisations run
             first: on error ``model`` is unchanged.
     """

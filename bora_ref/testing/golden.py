@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import zipfile
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def golden_arrays(case: OracleCase, dtype: torch.dtype, seed: int = GOLDEN_SEED)
 
     Raises:
         BoRAValueError: ``dtype`` is bfloat16 (NumPy has no such dtype), or as
-            :func:`~bora_ref.testing.cases.case_values`.
+            [`case_values`][bora_ref.testing.cases.case_values].
     """
     if dtype == torch.bfloat16:
         raise BoRAValueError("dtype must have a NumPy equivalent for .npy files, got torch.bfloat16")
@@ -100,7 +99,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GOLDEN_SEED) -> dict:
-    """(Re)generate every golden file and the manifest in ``directory`` (default :func:`golden_dir`).
+    """(Re)generate every golden file and the manifest in ``directory`` (default [`golden_dir`][bora_ref.testing.golden.golden_dir]).
 
     Returns:
         The manifest (also written to ``manifest.json``).
@@ -136,7 +135,7 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
 
 
 def read_manifest(directory: str | os.PathLike[str] | None = None) -> dict:
-    """The parsed ``manifest.json`` of ``directory`` (default :func:`golden_dir`)."""
+    """The parsed ``manifest.json`` of ``directory`` (default [`golden_dir`][bora_ref.testing.golden.golden_dir])."""
     return json.loads((Path(directory) if directory is not None else golden_dir()).joinpath(_MANIFEST).read_text())
 
 
@@ -157,7 +156,7 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
     """Check every golden file: hash, manifest metadata, and stored truth against the reference.
 
     The truth (``y``, ``delta_weight``, gradients) is recomputed in float64 with
-    :mod:`bora_ref.numpy_ref` from the stored inputs and must agree to ``1e-12`` of its largest entry.
+    [`bora_ref.numpy_ref`][bora_ref.numpy_ref] from the stored inputs and must agree to ``1e-12`` of its largest entry.
 
     Returns:
         One line per problem found; empty when all is well.
@@ -189,9 +188,3 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
             if err > _RTOL * float(np.abs(expected).max(initial=0.0)):
                 problems.append(f"{entry['file']}: {key} differs from the reference by {err:.3e}")
     return problems
-
-
-if __name__ == "__main__":  # pragma: no cover - thin wrapper over the CLI subcommand
-    from ..cli import main
-
-    sys.exit(main(["golden", *sys.argv[1:]]))
