@@ -1,6 +1,6 @@
 """The package's layers import only downwards, and the NumPy side never loads torch.
 
-    partition, numpy_ref, torch_ref, _validation, _arrays, _version   the contract core (flat)
+    partition, numpy_ref, torch_ref, _validation, _arrays, _io, _version   the contract core (flat)
     analysis/      core only (plain factors in, float64 NumPy out; no torch at all)
     nn/            core + analysis            report/   core + analysis (never nn)
     testing/       core (+ analysis)          experiments/, models   anything but testing and report
@@ -21,7 +21,7 @@ import pytest
 import bora_ref
 
 PACKAGE = Path(bora_ref.__file__).parent
-CORE = {"partition", "numpy_ref", "torch_ref", "_validation", "_arrays", "_version", "__init__"}
+CORE = {"partition", "numpy_ref", "torch_ref", "_validation", "_arrays", "_version", "_io", "__init__"}
 
 # layer of a module -> layers it may import from
 ALLOWED = {
@@ -35,7 +35,7 @@ ALLOWED = {
     "cli": {"core"},
 }
 # modules of the core that must not need torch (torch_ref obviously does)
-TORCH_FREE = {"partition", "numpy_ref", "_validation", "_arrays", "_version", "__init__"}
+TORCH_FREE = {"partition", "numpy_ref", "_validation", "_arrays", "_version", "_io", "__init__"}
 
 
 def _layer(module: str) -> str:
