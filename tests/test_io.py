@@ -17,6 +17,13 @@ def test_writes_bytes_and_callables(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
 
 
+def test_file_gets_the_mode_of_a_plain_open(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    atomic_write(tmp_path / "atomic", b"x")
+    assert (tmp_path / "atomic").stat().st_mode == plain.stat().st_mode
+
+
 def test_failure_mid_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
