@@ -18,6 +18,16 @@ from typing import IO
 __all__ = ["atomic_write", "fsync_directory"]
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, at import (no other thread writes files yet).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """Make the renames in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
     try:
@@ -49,9 +59,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     tmp = Path(tmp_name)
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, (bytes, bytearray, memoryview)):
                 f.write(write)
