@@ -17,6 +17,7 @@ a ``torch.compile`` column on CUDA. Results go to ``--out`` as Markdown and CSV.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +67,12 @@ ADAPTER_COLUMNS: list[Column] = [
     ("paired IQR", "bora_ratio_iqr", ""), ("limit", "limit", ".3f"), ("ΔW route ms", "ref_ms", ".1f"),
     ("ΔW route / LoRA", "ref_ratio", ".1f"), ("compiled ms", "compiled_ms", ".2f"), ("compiled / LoRA", "compiled_ratio", ".3f"),
 ]
+STRATEGY_COLUMNS: list[Column] = [
+    ("shape", "shape", ""), ("r", "r", "d"), ("b", "b", "d"), ("pass", "pass", ""), ("LoRA ms", "lora_ms", ".2f"),
+    ("auto", "strategy", ""), ("auto / LoRA", "bora_ratio", ".3f"), ("paired IQR", "bora_ratio_iqr", ""),
+    ("bmm / LoRA", "bmm_ratio", ".3f"), ("bmm IQR", "bmm_ratio_iqr", ""),
+    ("dense / LoRA", "dense_ratio", ".3f"), ("dense IQR", "dense_ratio_iqr", ""),
+]
 LAYER_COLUMNS: list[Column] = [
     ("shape", "shape", ""), ("r", "r", "d"), ("b", "b", "d"), ("pass", "pass", ""),
     ("LoRA layer ms", "lora_ms", ".1f"), ("BoRALinear ms", "bora_ms", ".1f"), ("BoRA / LoRA", "bora_ratio", ".3f"),
@@ -99,6 +106,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="interleaved rounds per adapter cell (default 15 quick, 30 full; layer cells a third, >= 9)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--clock", choices=("wall", "cpu"), help="cpu: process CPU time; default cpu with --threads 1 on CPU, else wall")
+    p.add_argument("--strategies", action="store_true",
+                   help="adapter section: also time each strategy of bora_matmul forced (bmm, dense) next to auto")
+    p.add_argument("--shapes", nargs="+", metavar="MxN", help="restrict the shapes (e.g. 896x896 4096x4096)")
+    p.add_argument("--ranks", nargs="+", type=int, help="restrict r")
+    p.add_argument("--blocks", nargs="+", type=int, help="restrict b (adapter and layer sections)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile column (default: on CUDA only)")
     p.add_argument("--steady-malloc", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU: keep freed memory in glibc's heap so page faults do not depend on the interleaving")
@@ -107,7 +119,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _progress(section: str, row: dict[str, Any]) -> None:
-    keys = ("shape", "model", "r", "b", "pass", "bora_ratio", "ratio", "bora_minus_lora_MiB")
+    keys = ("shape", "model", "r", "b", "pass", "strategy", "bora_ratio", "bmm_ratio", "dense_ratio", "ratio", "bora_minus_lora_MiB")
     parts = [f"{k}={row[k]:.3f}" if isinstance(row.get(k), float) else f"{k}={row[k]}" for k in keys if k in row]
     print(f"[{section}] " + " ".join(parts), flush=True)
 
@@ -128,11 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = Clock(args.clock or ("cpu" if not cuda and torch.get_num_threads() == 1 else "wall"), device)
     allocator = steady_malloc() if args.steady_malloc and not cuda else "default"
     cells = plan(args.quick, cuda)
+    for name in ("adapter", "layer"):  # optional restrictions of the grid
+        cells[name] = [c for c in cells[name] if (not args.shapes or f"{c[0]}x{c[1]}" in args.shapes)
+                       and (not args.ranks or c[2] in args.ranks) and (not args.blocks or c[3] in args.blocks)]
 
     # One file set per device, mode and choice of sections, so partial runs do not overwrite each other.
     stem = f"{device.type}-{'quick' if args.quick else 'full'}"
     if set(args.sections) != set(SECTIONS):
         stem += "-" + "-".join(name for name in SECTIONS if name in args.sections)
+    if args.strategies:
+        stem += "-strategies"
+    for flag, values in (("s", args.shapes), ("r", args.ranks), ("b", args.blocks)):  # restricted grids
+        if values:
+            stem += f"-{flag}" + "_".join(map(str, values))
+    stem += f"-t{torch.get_num_threads()}"
     args.out.mkdir(parents=True, exist_ok=True)
     header = {"command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv), **machine_info(device, clock),
               "allocator": allocator, "dtype": str(dtype).removeprefix("torch."), "tokens T": str(tokens)}
@@ -158,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return rows
         return run
 
-    section("adapter", "Adapter path: bora_matmul vs (x Aᵀ) Bᵀ", ADAPTER_COLUMNS, collect("adapter", lambda c: time_adapter(
-        *c[:4], **common, clock=clock, repeats=repeats, with_ref=c[4], compiled=compiled)))
+    section("adapter", "Adapter path: bora_matmul vs (x Aᵀ) Bᵀ", STRATEGY_COLUMNS if args.strategies else ADAPTER_COLUMNS,
+            collect("adapter", lambda c: time_adapter(*c[:4], **common, clock=clock, repeats=repeats,
+                                                      with_ref=c[4] and not args.strategies, compiled=compiled,
+                                                      strategies=args.strategies)))
     section("layer", "Whole layer: BoRALinear vs the LoRA layer", LAYER_COLUMNS, collect("layer", lambda c: time_layer(
         *c[:4], **common, clock=clock, repeats=max(9, repeats // 3), with_ref=c[4], compile_layers=use_compile)))
     section("uneven", "Uneven splits (b does not divide m, n)", UNEVEN_COLUMNS, collect("uneven", lambda c: time_adapter(
@@ -178,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rows
 
     section("train", "Training step: all-MiniLM-L6-v2, attention projections adapted", TRAIN_COLUMNS, train)
-    print(f"done in {time.perf_counter() - started:.0f} s; results in {args.out / (stem + '.md')}", flush=True)
+    finished = f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}"
+    (args.out / f"{stem}.md").write_text("\n".join([*parts, "", f"Finished {finished}."]) + "\n", encoding="utf-8")
+    print(f"done in {time.perf_counter() - started:.0f} s ({finished}); results in {args.out / (stem + '.md')}", flush=True)
     return 0
 
 

@@ -151,6 +151,7 @@ def machine_info(device: torch.device, clock: Clock) -> dict[str, str]:
     info = {
         "cpu": f"{_cpu_model()} ({os.cpu_count()} logical cores)",
         "torch threads": str(torch.get_num_threads()),
+        "date (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "clock": clock.kind,

@@ -5,7 +5,9 @@ Candidates for ``x (T, n)``, ``A (r, n)``, ``B (m, r)``, ``sigma (b, b, r)``:
 - ``lora``: ``(x @ A.T) @ B.T``, the baseline;
 - ``bora``: ``torch_ref.bora_matmul(x, B, A, sigma)``, the fast path (validation included);
 - ``ref``: ``x @ torch_ref.delta_weight(B, A, sigma).T``, forming the ``(m, n)`` update first;
-- ``compiled``: ``torch.compile(torch_ref.bora_matmul)`` (only with ``--compile``).
+- ``compiled``: ``torch.compile(torch_ref.bora_matmul)`` (only with ``--compile``);
+- ``bmm``, ``dense``: ``bora_matmul(..., strategy=...)`` forced (only with ``--strategies``), to
+  measure the rule of ``torch_ref.choose_strategy`` (``bora`` runs ``strategy="auto"``).
 
 ``fwd`` runs under ``torch.no_grad()`` (inference); ``fwd+bwd`` is a training step of the adapter:
 forward with autograd, then backward into ``x``, ``A``, ``B``, ``sigma`` (``x`` needs a gradient
@@ -29,6 +31,7 @@ from ._timing import Clock, interleave, timing_columns
 __all__ = ["Operands", "make_operands", "adapter_candidates", "time_adapter", "memory_adapter"]
 
 MiB = 2.0**20
+DENSE_TIMED_MAX_BR = 64
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,16 @@ def _ref(o: Operands) -> torch.Tensor:
     return o.x @ torch_ref.delta_weight(o.B, o.A, o.sigma).T
 
 
-def adapter_candidates(o: Operands, *, with_ref: bool, compiled: Callable[..., torch.Tensor] | None) -> dict[str, dict[str, Callable[[], Any]]]:
+def adapter_candidates(
+    o: Operands, *, with_ref: bool, compiled: Callable[..., torch.Tensor] | None, strategies: bool = False
+) -> dict[str, dict[str, Callable[[], Any]]]:
     """``{"fwd": {name: fn}, "fwd+bwd": {name: fn}}`` for the candidates of the module docstring."""
     forms: dict[str, Callable[[Operands], torch.Tensor]] = {"lora": _lora, "bora": _bora}
+    if strategies:
+        b, r = o.sigma.shape[0], o.sigma.shape[2]
+        # "dense" costs b times LoRA's multiply-adds: timed only where b r <= 64 (beyond, it is 3-13x LoRA).
+        for name in ("bmm", "dense") if b * r <= DENSE_TIMED_MAX_BR else ("bmm",):
+            forms[name] = lambda o, name=name: torch_ref.bora_matmul(o.x, o.B, o.A, o.sigma, strategy=name)
     if with_ref:
         forms["ref"] = _ref
     if compiled is not None:
@@ -99,7 +109,7 @@ def adapter_candidates(o: Operands, *, with_ref: bool, compiled: Callable[..., t
 
 def time_adapter(
     m: int, n: int, r: int, b: int, *, tokens: int, dtype: torch.dtype, clock: Clock, repeats: int,
-    with_ref: bool, compiled: Callable[..., torch.Tensor] | None = None, ref_runs: int = 2,
+    with_ref: bool, compiled: Callable[..., torch.Tensor] | None = None, ref_runs: int = 2, strategies: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per pass (``fwd``, ``fwd+bwd``): medians in ms and ratios to LoRA."""
     o = make_operands(m, n, r, b, tokens, dtype, clock.device)
@@ -109,11 +119,13 @@ def time_adapter(
             y_ref = _ref(o)
             err = float((_bora(o) - y_ref).abs().max() / y_ref.abs().max())
     rows = []
-    for pass_name, fns in adapter_candidates(o, with_ref=with_ref, compiled=compiled).items():
+    strategy = torch_ref.choose_strategy(m, n, r, b, device_type=clock.device.type)
+    for pass_name, fns in adapter_candidates(o, with_ref=with_ref, compiled=compiled, strategies=strategies).items():
         times = interleave(fns, repeats=repeats, clock=clock, max_runs={"ref": ref_runs})
         row: dict[str, Any] = {
             "shape": f"{m}x{n}", "m": m, "n": n, "r": r, "b": b, "even": m % b == 0 and n % b == 0,
             "pass": pass_name, "runs": len(times["bora"]), "limit": 1 + b * b / (m + n), "max_rel_err": err,
+            "strategy": strategy, "threads": torch.get_num_threads(),
         }
         row.update(timing_columns({name: times.get(name, []) for name in fns}))
         rows.append(row)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._validation import BoRAValueError, is_tensor
+from ._validation import BoRAValueError, check_dense, is_tensor
 
 __all__ = ["as_float64", "dtype_eps", "single_blas_thread", "smallest_normal", "storage_dtype_name", "unit_roundoff"]
 
@@ -48,6 +48,7 @@ def as_float64(name: str, value: Any, *, ndim: int | None = None) -> tuple[np.nd
         ValueError: not an array, not a real floating dtype, wrong ``ndim``, empty, or non-finite.
     """
     if is_tensor(value):
+        check_dense(name, value)
         if not value.dtype.is_floating_point:
             raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
         dtype = storage_dtype_name(value.dtype)

@@ -1,10 +1,10 @@
 """Shared argument checks, so every public entry point rejects bad input the same way.
 
-Every check raises :class:`BoRAValueError` (a :class:`ValueError`) whose message names the
+Every check raises [`BoRAValueError`][bora_ref.BoRAValueError] (a `ValueError`) whose message names the
 argument, the value it got and the rule it broke. Nothing here mutates its inputs.
 
 This module never imports torch: a value can only be a torch tensor if torch is already
-imported, so :func:`is_tensor` looks torch up in ``sys.modules`` (this keeps
+imported, so `is_tensor` looks torch up in ``sys.modules`` (this keeps
 ``import bora_ref.numpy_ref`` free of torch).
 """
 
@@ -23,7 +23,16 @@ Backend = Literal["numpy", "torch"]
 
 
 class BoRAValueError(ValueError):
-    """Raised for invalid arguments anywhere in `bora_ref`."""
+    """Raised for invalid arguments anywhere in `bora_ref`.
+
+    Examples:
+        >>> from bora_ref import BoRAValueError, block_sizes
+        >>> try:
+        ...     block_sizes(10, 0)
+        ... except ValueError as err:  # a BoRAValueError is a ValueError
+        ...     print(type(err).__name__, "-", err)
+        BoRAValueError - b must satisfy 1 <= b <= dim=10 so that every block is non-empty, got b=0
+    """
 
 
 def is_tensor(value: Any) -> bool:
@@ -71,16 +80,27 @@ def check_backend(backend: Backend, **arrays: Any) -> None:
                 f"(bora_ref.{backend}_ref does not mix backends; use {other} for the other one), "
                 f"got {_kind(value)}"
             )
+        check_dense(name, value)
+
+
+def check_dense(name: str, value: Any) -> None:
+    """torch tensors must have the ordinary strided layout (sparse and other layouts are refused)."""
+    if is_tensor(value) and value.layout != sys.modules["torch"].strided:
+        raise BoRAValueError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; call .to_dense() first")
 
 
 def check_float_dtype(name: str, value: np.ndarray | torch.Tensor) -> None:
-    """Reject integer, boolean and complex arrays: BoRA is defined over the reals."""
+    """Reject integer, boolean and complex arrays (BoRA is defined over the reals) and torch's float8
+    types (8-bit storage formats: torch has no arithmetic for them)."""
     if is_tensor(value):
         ok = value.dtype.is_floating_point
     else:
         ok = np.issubdtype(value.dtype, np.floating)
     if not ok:
         raise BoRAValueError(f"{name} must have a real floating dtype, got {value.dtype}")
+    if is_tensor(value) and value.dtype.itemsize < 2:
+        raise BoRAValueError(f"{name} must have a real floating dtype of 16 bits or more (torch has no arithmetic for "
+                             f"float8), got {value.dtype}")
 
 
 def check_finite(name: str, value: np.ndarray | torch.Tensor) -> None:
@@ -151,7 +171,7 @@ def check_x(x: Any, n: int, backend: Backend) -> None:
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:  # isinstance first: arrays make `in` ambiguous
         raise BoRAValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 

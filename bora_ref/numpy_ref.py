@@ -4,8 +4,8 @@ It reads like the paper: loop over row blocks ``i`` and column blocks ``j``, and
 
 $$\\Delta W_{[i, j]} = B_i \\, \\mathrm{diag}(\\sigma_{ij}) \\, A_j$$
 
-into the ``(i, j)`` block. Shapes (DESIGN.md): ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``,
-``x (..., n)``; blocks follow :func:`bora_ref.block_sizes`. Nothing here is scaled
+into the ``(i, j)`` block. Shapes (as on the theory page): ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``,
+``x (..., n)``; blocks follow [`bora_ref.block_sizes`][bora_ref.block_sizes]. Nothing here is scaled
 (the layer applies ``alpha / r``).
 
 Arithmetic happens in ``numpy.result_type`` of the inputs (pass float64 to get float64 ground
@@ -47,6 +47,15 @@ def delta_weight(B: np.ndarray, A: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: wrong types (not NumPy arrays), non-float dtypes, inconsistent shapes,
             ``b`` outside ``[1, min(m, n)]``, or non-finite values.
+
+    Examples:
+        >>> import numpy as np
+        >>> from bora_ref import numpy_ref
+        >>> rng = np.random.default_rng(0)
+        >>> B, A, sigma = rng.standard_normal((6, 2)), rng.standard_normal((2, 4)), rng.standard_normal((2, 2, 2))
+        >>> dW = numpy_ref.delta_weight(B, A, sigma)  # row blocks 3 + 3, column blocks 2 + 2
+        >>> dW.shape, np.allclose(dW[3:, :2], B[3:] @ np.diag(sigma[1, 0]) @ A[:, :2])
+        ((6, 4), True)
     """
     m, n, r, b = _check(B, A, sigma)
     dtype = np.result_type(B, A, sigma)
@@ -74,14 +83,26 @@ def bora_matmul(x: np.ndarray, B: np.ndarray, A: np.ndarray, sigma: np.ndarray) 
 
     Args:
         x: ``(..., n)`` input; any number of leading dimensions.
-        B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)`` (see :func:`delta_weight`).
+        B: ``(m, r)``.
+        A: ``(r, n)``.
+        sigma: ``(b, b, r)`` (see [`delta_weight`][bora_ref.numpy_ref.delta_weight]).
 
     Returns:
         ``(..., m)`` array in ``numpy.result_type(x, B, A, sigma)``.
 
     Raises:
-        ValueError: as :func:`delta_weight`, and when ``x`` is not a float NumPy array with last
+        ValueError: as [`delta_weight`][bora_ref.numpy_ref.delta_weight], and when ``x`` is not a float NumPy array with last
             dimension ``n``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from bora_ref import numpy_ref
+        >>> rng = np.random.default_rng(0)
+        >>> B, A, sigma = rng.standard_normal((6, 2)), rng.standard_normal((2, 4)), rng.standard_normal((2, 2, 2))
+        >>> x = rng.standard_normal((5, 4))
+        >>> y = numpy_ref.bora_matmul(x, B, A, sigma)
+        >>> y.shape, np.allclose(y, x @ numpy_ref.delta_weight(B, A, sigma).T)
+        ((5, 6), True)
     """
     m, n, r, b = _check(B, A, sigma)
     check_x(x, n, "numpy")

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from ._validation import BoRAValueError, check_int
 
-__all__ = ["block_sizes", "block_slices"]
+__all__ = ["MAX_LISTED_BLOCKS", "block_sizes", "block_slices"]
+
+MAX_LISTED_BLOCKS = 2**24
+"""The most blocks [`block_sizes`][bora_ref.block_sizes] lists (a tuple of ``b`` ints costs about ``36 b`` bytes)."""
 
 
 def block_sizes(dim: int, b: int) -> tuple[int, ...]:
@@ -24,9 +27,10 @@ def block_sizes(dim: int, b: int) -> tuple[int, ...]:
         A tuple of ``b`` positive ints summing to ``dim``, larger blocks first.
 
     Raises:
-        ValueError: if ``dim`` or ``b`` is not an integer, ``dim < 1``, ``b < 1`` or ``b > dim``.
+        ValueError: if ``dim`` or ``b`` is not an integer, ``dim < 1``, ``b < 1``, ``b > dim`` or
+            ``b >`` [`MAX_LISTED_BLOCKS`][bora_ref.partition.MAX_LISTED_BLOCKS].
 
-    Example:
+    Examples:
         >>> block_sizes(10, 4)
         (3, 3, 2, 2)
     """
@@ -34,12 +38,15 @@ def block_sizes(dim: int, b: int) -> tuple[int, ...]:
     b = check_int("b", b)
     if b < 1 or b > dim:
         raise BoRAValueError(f"b must satisfy 1 <= b <= dim={dim} so that every block is non-empty, got b={b}")
+    if b > MAX_LISTED_BLOCKS:  # the tuple alone would take gigabytes; closed forms (rank_bound, ...) need no list
+        raise BoRAValueError(f"b={b} is too many blocks to list (at most {MAX_LISTED_BLOCKS}); rank_bound and param_count "
+                             "answer any b in closed form")
     q, rem = divmod(dim, b)
     return tuple(q + 1 if k < rem else q for k in range(b))
 
 
 def block_slices(dim: int, b: int) -> tuple[slice, ...]:
-    """The ``b`` slices ``[start, stop)`` matching :func:`block_sizes` (same arguments, same errors)."""
+    """The ``b`` slices ``[start, stop)`` matching [`block_sizes`][bora_ref.block_sizes] (same arguments, same errors)."""
     slices = []
     start = 0
     for size in block_sizes(dim, b):

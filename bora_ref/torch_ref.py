@@ -1,15 +1,18 @@
 """PyTorch BoRA: a differentiable ``delta_weight`` and the fast ``bora_matmul`` used by the layer.
 
-Same names and semantics as :mod:`bora_ref.numpy_ref` (the ground truth they are tested
+Same names and semantics as [`bora_ref.numpy_ref`][bora_ref.numpy_ref] (the ground truth they are tested
 against): ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``, ``x (..., n)``, blocks per
-:func:`bora_ref.block_sizes`, no scaling. Every function keeps the inputs' dtype and device
+[`bora_ref.block_sizes`][bora_ref.block_sizes], no scaling. Every function keeps the inputs' dtype and device
 and is differentiable in all its arguments.
 
 ``bora_matmul`` never allocates an ``(m, n)`` tensor: it projects with ``A`` block-wise, mixes
 the ``b`` projections with the ``b x b`` diagonals (per rank channel), and lifts with ``B``
-block-wise, each step a strided batched matmul on views (:class:`_BoRAMatmul`). Besides its
-output ``(N, m)`` it allocates (and saves for backward) two ``(r, b, N)`` tensors, so it costs
-LoRA's two matmuls plus ``b² r`` multiply-adds per token. It is first-order differentiable
+block-wise, each step a strided batched matmul on views (strategy ``"bmm"``, `_BoRAMatmul`).
+Besides its output ``(N, m)`` it allocates (and saves for backward) two ``(b r N)``-element
+tensors, so it costs LoRA's two matmuls plus ``b² r`` multiply-adds per token. Strategy
+``"dense"`` (`_DenseBoRAMatmul`) runs two plain GEMMs on the factors expanded to ``(n, b r)``
+and ``(b r, m)``; [`choose_strategy`][bora_ref.torch_ref.choose_strategy] picks one per shape
+and thread count. Both are first-order differentiable
 (a custom backward; ``create_graph=True`` raises). ``delta_weight`` is the plain, readable route.
 Unlike the NumPy reference, the torch paths check shapes but not values (no NaN scan): a
 data-dependent check would force a device sync on every forward.
@@ -22,10 +25,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._validation import check_factors, check_same_dtype_device, check_x
+from ._validation import BoRAValueError, check_b, check_factors, check_int, check_same_dtype_device, check_x
 from .partition import block_sizes
 
-__all__ = ["delta_weight", "bora_matmul"]
+__all__ = ["delta_weight", "bora_matmul", "choose_strategy", "STRATEGIES"]
 
 
 def delta_weight(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -42,6 +45,14 @@ def delta_weight(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch
     Raises:
         ValueError: non-tensor or non-float inputs, inconsistent shapes, ``b`` outside
             ``[1, min(m, n)]``, or mixed dtypes/devices.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from bora_ref import numpy_ref, torch_ref
+        >>> B, A, sigma = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)
+        >>> dW = torch_ref.delta_weight(B, A, sigma)  # differentiable in B, A and sigma
+        >>> tuple(dW.shape), np.allclose(dW.numpy(), numpy_ref.delta_weight(B.numpy(), A.numpy(), sigma.numpy()))
+        ((6, 4), True)
     """
     m, n, r, b = check_factors(B, A, sigma, "torch")
     return _delta_weight(B, A, sigma)
@@ -63,7 +74,9 @@ def _delta_weight(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torc
     return torch.cat(rows, dim=0)
 
 
-def bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def bora_matmul(
+    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, *, strategy: str = "auto"
+) -> torch.Tensor:
     """$x \\, \\Delta W^T$ for ``x`` of shape ``(..., n)``, without forming $\\Delta W$ (the fast path).
 
     Args:
@@ -71,27 +84,115 @@ def bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.
         B: ``(m, r)``.
         A: ``(r, n)``.
         sigma: ``(b, b, r)`` effective diagonals.
+        strategy: how the products are arranged; all give the same result up to rounding and
+            none allocates an ``(m, n)`` tensor. ``"bmm"``: strided batched matmuls over the
+            blocks (extra memory ``O(b r N)``). ``"dense"``: two plain GEMMs with the factors
+            expanded to the block-diagonal ``(n, b r)`` projection and the ``(b r, m)`` lift
+            with $\\Sigma$ folded in ($b\\times$ LoRA's multiply-adds, fast only when ``b r`` is
+            small). ``"auto"`` (default): [`choose_strategy`][bora_ref.torch_ref.choose_strategy].
 
     Returns:
         ``(..., m)`` tensor with the dtype and device of the inputs; differentiable in all four.
 
     Raises:
-        ValueError: as :func:`delta_weight`, and when ``x`` is not a float tensor with last
-            dimension ``n`` and the dtype and device of the factors.
+        ValueError: as [`delta_weight`][bora_ref.torch_ref.delta_weight], and when ``x`` is not a float tensor with last
+            dimension ``n`` and the dtype and device of the factors, or an unknown ``strategy``.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from bora_ref import numpy_ref, torch_ref
+        >>> B, A, sigma = torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)
+        >>> x = torch.randn(3, 5, 4, dtype=torch.float64)
+        >>> y = torch_ref.bora_matmul(x, B, A, sigma)  # never forms the (6, 4) update
+        >>> tuple(y.shape), np.allclose(y.numpy(), numpy_ref.bora_matmul(x.numpy(), B.numpy(), A.numpy(), sigma.numpy()))
+        ((3, 5, 6), True)
     """
     m, n, r, b = check_factors(B, A, sigma, "torch")
     check_x(x, n, "torch")
     check_same_dtype_device(B=B, x=x)
-    return _bora_matmul(x, B, A, sigma)
+    if strategy not in STRATEGIES:
+        raise BoRAValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    return _bora_matmul(x, B, A, sigma, strategy)
+
+
+STRATEGIES = ("auto", "bmm", "dense")
+"""The values of ``bora_matmul(..., strategy=)``; ``"auto"`` picks one of the other two with [`choose_strategy`][bora_ref.torch_ref.choose_strategy].
+
+Examples:
+    >>> import torch
+    >>> from bora_ref import torch_ref
+    >>> x, B, A = torch.randn(3, 8, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    >>> sigma = torch.randn(2, 2, 2, dtype=torch.float64)
+    >>> ys = [torch_ref.bora_matmul(x, B, A, sigma, strategy=s) for s in torch_ref.STRATEGIES]
+    >>> all(torch.allclose(y, ys[0]) for y in ys)  # the same product, computed differently
+    True
+"""
+
+# The rule of choose_strategy, measured with ``python -m benchmarks --sections adapter --strategies``
+# (T = 2048, float32, docs/benchmarks.md): "dense" when b r is at most this, by torch thread count
+# (1, or 2 and more); 0: only for b = 1.
+_DENSE_MAX_BR = {1: 0, 2: 0}
+
+
+def choose_strategy(m: int, n: int, r: int, b: int, *, threads: int | None = None, device_type: str = "cpu") -> str:
+    """The strategy ``bora_matmul(..., strategy="auto")`` uses for these sizes.
+
+    ``"dense"`` for ``b = 1`` (then it is exactly LoRA's two products); on a CPU also when
+    ``b r`` is at most a measured threshold per thread count (``_DENSE_MAX_BR``; measured on a
+    2-core AVX-512 CPU, see docs/benchmarks.md) and the expanded factors stay far below
+    ``(m, n)`` ($4 b r \\le \\min(m, n)$); else ``"bmm"``. On CUDA only ``b = 1`` uses
+    ``"dense"`` (not measured there yet).
+
+    Args:
+        m: rows of the update.
+        n: columns of the update.
+        r: rank per block product.
+        b: number of blocks per side.
+        threads: torch's intra-op thread count (default: ``torch.get_num_threads()``).
+        device_type: ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        ``"bmm"`` or ``"dense"``.
+
+    Raises:
+        ValueError: ``m``, ``n``, ``r`` not integers ``>= 1``, ``b`` outside ``[1, min(m, n)]``,
+            ``threads`` not ``None`` or an integer ``>= 1``, or a ``device_type`` that is not a string.
+
+    Examples:
+        >>> from bora_ref.torch_ref import choose_strategy
+        >>> choose_strategy(4096, 4096, 8, 1), choose_strategy(4096, 4096, 8, 16)
+        ('dense', 'bmm')
+    """
+    m, n, r = (check_int(k, v, minimum=1) for k, v in (("m", m), ("n", n), ("r", r)))
+    b = check_b(b, m, n)
+    threads = None if threads is None else check_int("threads", threads, minimum=1)
+    if not isinstance(device_type, str):
+        raise BoRAValueError(f"device_type must be a device type string such as 'cpu' or 'cuda', got {device_type!r:.80}")
+    return _choose_strategy(m, n, r, b, threads, device_type)
+
+
+def _choose_strategy(m: int, n: int, r: int, b: int, threads: int | None, device_type: str) -> str:
+    """`choose_strategy` without argument checks (called on every forward)."""
+    if b == 1:
+        return "dense"
+    if device_type != "cpu" or 4 * b * r > min(m, n):
+        return "bmm"
+    threads = torch.get_num_threads() if threads is None else threads
+    return "dense" if b * r <= _DENSE_MAX_BR[min(threads, 2)] else "bmm"
 
 
 # torch.compile runs this eagerly, as one opaque call: Dynamo cannot trace ``out=`` into strided
 # views, and tracing the block loops instead recompiles for every block shape.
 @torch.compiler.disable
-def _bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _bora_matmul(
+    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, strategy: str = "auto"
+) -> torch.Tensor:
     """Unchecked fast path (the layer calls this after validating once at construction)."""
-    n, m = A.shape[1], B.shape[0]
-    y = _BoRAMatmul.apply(x.reshape(-1, n), B, A, sigma)  # (N, m)
+    (m, r), n, b = B.shape, A.shape[1], sigma.shape[0]
+    if strategy == "auto":
+        strategy = _choose_strategy(m, n, r, b, None, x.device.type)
+    function = _DenseBoRAMatmul if strategy == "dense" else _BoRAMatmul
+    y = function.apply(x.reshape(-1, n), B, A, sigma)  # (N, m)
     return y.reshape(*x.shape[:-1], m)
 
 
@@ -164,11 +265,13 @@ class _BoRAMatmul(torch.autograd.Function):
     Forward, with ``z_j = A_j x_j^T`` and ``u_i = Σ_j diag(σ_ij) z_j`` (``(r, N)`` per block):
 
     1. project: one ``bmm`` per run of equal column blocks, ``(count, r, n_j) @ (count, n_j, N)``,
-       reading ``x``'s blocks in place (strided views) into ``zt (r, b, N)``;
+       reading ``x``'s blocks in place (strided views) into a contiguous ``zb (b, r, N)`` (a
+       contiguous output lets torch pass the whole batch to one batched BLAS call), used as
+       ``zt (r, b, N)``;
     2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r`` -> ``ut``;
     3. lift: one ``bmm`` per run of row blocks, written through ``out=`` straight into the
        column blocks of ``y (N, m)`` (no transpose copy, no concatenation; large blocks off the
-       cache line block by block instead, see :func:`_write_col_blocks`).
+       cache line block by block instead, see `_write_col_blocks`).
 
     Every product is an ``out=`` BLAS call on views, so ``x`` and ``y`` are never copied and the
     dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward runs the
@@ -180,11 +283,13 @@ class _BoRAMatmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
         ctx.row_runs, ctx.col_runs = _runs(m, b), _runs(n, b)
-        zt = x.new_empty(r, b, N)  # zt[:, j] = A_j @ x_j^T; rank channel first, for the mixing bmm
+        # zb[j] = A_j @ x_j^T. A contiguous output per run lets torch hand each bmm to the BLAS as
+        # one batched call (a strided out= runs one GEMM per block: b parallel regions on 2 threads).
+        zb = x.new_empty(b, r, N)
         for run in ctx.col_runs:
             # (count, r, n_j) @ (count, n_j, N) -> (count, r, N)
-            out = zt[:, run.first : run.first + run.count].transpose(0, 1)
-            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=out)
+            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=zb[run.first : run.first + run.count])
+        zt = zb.transpose(0, 1)  # (r, b, N) view, rank channel first, for the mixing bmm
         sigma_k = sigma.permute(2, 0, 1).contiguous()  # (r, b, b): sigma_k[k] = sigma[:, :, k]
         ut = x.new_empty(r, b, N)
         torch.bmm(sigma_k, zt, out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[k, j]
@@ -205,19 +310,20 @@ class _BoRAMatmul(torch.autograd.Function):
         (N, n), (m, r), b = x.shape, B.shape, zt.shape[1]
         gx = gB = gA = gsigma = None
 
-        gut = gy.new_empty(r, b, N)  # d loss / d ut
+        gub = gy.new_empty(b, r, N)  # d loss / d ut, block first (contiguous outputs, as in forward)
         for run in ctx.row_runs:
             # (count, r, m_i) @ (count, m_i, N) -> (count, r, N)
-            out = gut[:, run.first : run.first + run.count].transpose(0, 1)
+            out = gub[run.first : run.first + run.count]
             torch.bmm(_blocks(B, run, 0, transpose=True), _blocks(gy, run, 1, transpose=True), out=out)
+        gut = gub.transpose(0, 1)  # (r, b, N) view
         if need_B:
-            # Computed transposed, (r, m): MKL's (m_i, N) @ (N, r) is up to 12x slower at r = 8.
-            gBt = gy.new_empty(r, m)
+            # Computed transposed, (r, m_i) per block: MKL's (m_i, N) @ (N, r) is up to 12x slower at r = 8.
+            gB = gy.new_empty(m, r)
             for run in ctx.row_runs:
-                # (count, r, N) @ (count, N, m_i) -> (count, r, m_i)
+                # (count, r, N) @ (count, N, m_i) -> (count, r, m_i), then into B's layout (a small copy)
                 u_blocks = ut[:, run.first : run.first + run.count].transpose(0, 1)
-                torch.bmm(u_blocks, _blocks(gy, run, 1), out=_blocks(gBt, run, 1))
-            gB = gBt.T.contiguous()  # (m, r), the layout of B
+                gBb = torch.bmm(u_blocks, _blocks(gy, run, 1))
+                gB[run.offset : run.offset + run.count * run.size] = gBb.transpose(1, 2).reshape(-1, r)
         if need_sigma:
             gsigma_kji = gy.new_empty(r, b, b)
             torch.bmm(zt, gut.transpose(1, 2), out=gsigma_kji)  # [k, j, i] = sum_n zt[k, j, n] * gut[k, i, n]
@@ -232,7 +338,84 @@ class _BoRAMatmul(torch.autograd.Function):
             if need_A:
                 gA = gy.new_empty(r, n)
                 for run in ctx.col_runs:
-                    # (count, r, N) @ (count, N, n_j) -> the column blocks of gA
+                    # (count, r, N) @ (count, N, n_j) -> (count, r, n_j), then into A's column blocks
                     gz = gzt[:, run.first : run.first + run.count].transpose(0, 1)
-                    torch.bmm(gz, _blocks(x, run, 1), out=_blocks(gA, run, 1))
+                    gAb = torch.bmm(gz, _blocks(x, run, 1))
+                    gA[:, run.offset : run.offset + run.count * run.size] = gAb.transpose(0, 1).reshape(r, -1)
+        return gx, gB, gA, gsigma
+
+
+def _expanded_factors(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Qt (n, b r)``, the block-diagonal ``blockdiag(A_j)^T``, and ``W (b r, m)`` with Σ folded in.
+
+    ``W[j r + k, rows_i] = sigma[i, j, k] B_i[:, k]``, so ``x ΔW^T = (x Qt) W``; ``O((m + n) b r)``
+    entries, never ``(m, n)``.
+    """
+    (m, r), n, b = B.shape, A.shape[1], sigma.shape[0]
+    Qt = A.new_zeros(n, b, r)
+    for run in _runs(n, b):
+        idx = torch.arange(run.first, run.first + run.count, device=A.device)
+        block_rows = Qt[run.offset : run.offset + run.count * run.size].view(run.count, run.size, b, r)
+        # Qt[cols_j, j, :] = A_j^T for the run's blocks j
+        block_rows[torch.arange(run.count, device=A.device), :, idx, :] = _blocks(A, run, 1).transpose(1, 2)
+    W = B.new_empty(b, r, m)
+    for run in _runs(m, b):
+        B_run = B[run.offset : run.offset + run.count * run.size].view(run.count, run.size, r)
+        W[:, :, run.offset : run.offset + run.count * run.size] = torch.einsum(
+            "ijk,ipk->jkip", sigma[run.first : run.first + run.count], B_run
+        ).reshape(b, r, -1)
+    return Qt.view(n, b * r), W.view(b * r, m)
+
+
+class _DenseBoRAMatmul(torch.autograd.Function):
+    """``y = (x Qt) W`` with the expanded factors of `_expanded_factors`: two plain GEMMs.
+
+    ``b`` times LoRA's multiply-adds, but whole-row outputs and one BLAS call per product, which
+    wins when ``b r`` is small. The backward runs the transposed GEMMs in the orientations MKL is
+    fast at for thin operands (``(b r, N) @ (N, n)``, never ``(n, N) @ (N, b r)``) and folds the
+    gradients of ``Qt`` and ``W`` back onto ``A``, ``B`` and ``sigma``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        Qt, W = _expanded_factors(B, A, sigma)
+        z = torch.mm(x, Qt)  # (N, b r)
+        y = torch.mm(z, W)  # (N, m)
+        ctx.save_for_backward(x, B, sigma, Qt, W, z)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "bora_matmul is first-order differentiable only: backward(create_graph=True) and higher-order "
+                "gradients are not supported; use x @ torch_ref.delta_weight(B, A, sigma).T for those"
+            )
+        x, B, sigma, Qt, W, z = ctx.saved_tensors
+        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
+        (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
+        gx = gB = gA = gsigma = None
+        if need_x or need_A:
+            gzt = torch.mm(W, gy.T)  # (b r, N) = (gy W^T)^T
+            if need_x:
+                gx = torch.mm(gzt.T, Qt.T)  # (N, n)
+            if need_A:
+                gQ = torch.mm(gzt, x).view(b, r, n)  # (b r, n) = gQt^T; only its diagonal blocks are kept
+                gA = gy.new_empty(r, n)
+                for run in _runs(n, b):
+                    idx = torch.arange(run.first, run.first + run.count, device=gy.device)
+                    cols = gQ[:, :, run.offset : run.offset + run.count * run.size].view(b, r, run.count, run.size)
+                    gA[:, run.offset : run.offset + run.count * run.size] = cols[idx, :, torch.arange(run.count, device=gy.device), :].transpose(0, 1).reshape(r, -1)
+        if need_B or need_sigma:
+            gW = torch.mm(z.T, gy).view(b, r, m)  # (b r, m)
+            gB = gy.new_empty(m, r) if need_B else None
+            gsigma = gy.new_empty(b, b, r) if need_sigma else None
+            for run in _runs(m, b):
+                G = gW[:, :, run.offset : run.offset + run.count * run.size].view(b, r, run.count, run.size)  # [j, k, i, p]
+                s_run = sigma[run.first : run.first + run.count]  # (count, b, r): [i, j, k]
+                if gB is not None:  # gB_i[p, k] = sum_j sigma[i, j, k] gW[j, k, i, p]
+                    gB[run.offset : run.offset + run.count * run.size] = torch.einsum("ijk,jkip->ipk", s_run, G).reshape(-1, r)
+                if gsigma is not None:  # gsigma[i, j, k] = sum_p B_i[p, k] gW[j, k, i, p]
+                    B_run = B[run.offset : run.offset + run.count * run.size].view(run.count, run.size, r)
+                    gsigma[run.first : run.first + run.count] = torch.einsum("ipk,jkip->ijk", B_run, G)
         return gx, gB, gA, gsigma

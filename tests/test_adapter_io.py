@@ -150,39 +150,62 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     load_adapter(_model(plain=True), tmp_path)
 
 
-def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    """A crash while writing the tensors keeps the old pair; a crash between the two renames is detected by the hash."""
-    old = _model(seed=1)
-    save_adapter(old, tmp_path)
-    before = {f: (tmp_path / f).read_bytes() for f in (CONFIG_NAME, WEIGHTS_NAME)}
+def _loaded_state(directory):
+    """The adapter the directory loads as, via load_adapter into a fresh plain model."""
+    return adapter_state_dict(load_adapter(_model(plain=True), directory))
 
+
+def _same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+# save_adapter's steps, in order: fsync #1 the tensor temp file, replace #1 it to the pending name, fsync #2 the
+# config temp file, replace #2 it over adapter_config.json (the commit), fsync #3 the directory, replace #3 the
+# pending file over adapter_model.safetensors, fsync #4 the directory.
+SAVE_STEPS = [("fsync", 1, "old"), ("replace", 1, "old"), ("fsync", 2, "old"), ("replace", 2, "old"),
+              ("fsync", 3, "new"), ("replace", 3, "new"), ("fsync", 4, "new")]
+
+
+@pytest.mark.parametrize(("op", "call", "loads_as"), SAVE_STEPS, ids=[f"{o}-{c}" for o, c, _ in SAVE_STEPS])
+def test_a_failure_at_any_step_of_a_save_leaves_the_old_or_the_new_adapter(tmp_path, monkeypatch, op, call, loads_as):
+    """Failure injection at every os.fsync / os.replace of a save over an existing adapter."""
+    old, new, third = _model(seed=1), _model(seed=2), _model(seed=3)
+    save_adapter(old, tmp_path)
+    real = getattr(os, op)
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise OSError(f"injected failure in {op} #{call}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, op, failing)
+    with pytest.raises(OSError, match=f"injected failure in {op} #{call}"):
+        save_adapter(new, tmp_path)
+    monkeypatch.undo()
+    expected = adapter_state_dict(old if loads_as == "old" else new)
+    assert _same_state(_loaded_state(tmp_path), expected)
+    target = _model(seed=4)
+    load_adapter(target, tmp_path)  # into an adapted model as well
+    assert _same_state(adapter_state_dict(target), expected)
+    # The next save finishes or discards what the failed one left, and the folder is clean again.
+    save_adapter(third, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert _same_state(_loaded_state(tmp_path), adapter_state_dict(third))
+
+
+def test_a_failed_save_into_a_new_directory_leaves_nothing_loadable_but_no_garbage(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
-        save_adapter(_model(seed=2), tmp_path)
+        save_adapter(_model(seed=2), tmp_path / "a")
     monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == [CONFIG_NAME, WEIGHTS_NAME]
-    assert {f: (tmp_path / f).read_bytes() for f in before} == before
-
-    real_replace = os.replace
-
-    def replace_fails_for_config(src, dst):
-        if os.fspath(dst).endswith(CONFIG_NAME):
-            raise OSError("power cut")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace_fails_for_config)
-    with pytest.raises(OSError, match="power cut"):
-        save_adapter(_model(seed=2), tmp_path)
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == [CONFIG_NAME, WEIGHTS_NAME]  # temporary config removed
-    target = _model(seed=3)
-    snap = _snapshot(target)
-    with pytest.raises(ValueError, match="does not match the safetensors_sha256"):  # new tensors + old config
-        load_adapter(target, tmp_path)
-    _assert_unchanged(target, snap)
+    assert os.listdir(tmp_path / "a") == []
+    with pytest.raises(ValueError, match="adapter_config.json does not exist"):
+        load_adapter(_model(plain=True), tmp_path / "a")
 
 
 def _flip_data_byte(d):
@@ -222,7 +245,7 @@ BAD_FILES = {
     "future-format": (lambda d: _edit_config(d, lambda c: c.update(format_version=2)), "has format_version=2; this bora_ref reads 1"),
     "bad-sha": (lambda d: _edit_config(d, lambda c: c.update(safetensors_sha256="abc")), "safetensors_sha256 must be a 64-digit hex string"),
     "bad-field-type": (lambda d: _edit_config(d, lambda c: c["layers"]["0.query"].update(b="4")), r"layer '0.query' has b='4', which is not of type"),
-    "bad-dtype": (lambda d: _edit_config(d, lambda c: c["layers"]["0.query"].update(dtype="int8")), "dtype='int8', not a floating torch dtype"),
+    "bad-dtype": (lambda d: _edit_config(d, lambda c: c["layers"]["0.query"].update(dtype="int8")), "dtype='int8', not one of \\('float32', 'float64', 'float16', 'bfloat16'\\)"),
     "targets-disagree": (lambda d: _edit_config(d, lambda c: c["target_modules"].reverse()), "keys are 'target_modules', in order"),
 }
 
@@ -306,3 +329,162 @@ def test_peft_and_bora_adapter_directories_do_not_mix(tmp_path):
     with pytest.raises(ValueError, match=r"not a BoRA adapter config \(peft_type must be 'BORA'\)"):
         load_adapter(target, tmp_path / "lora")
     _assert_unchanged(target, snap)
+
+
+# --- bounded reads: regular files only, sizes checked before reading -------------------------------------------------
+
+
+def _replace_with(path, make):
+    path.unlink()
+    make(path)
+
+
+SPECIAL_FILES = {
+    "fifo": (os.mkfifo, "is a FIFO; an adapter file must be a regular file"),
+    "dev-zero": (lambda p: os.symlink("/dev/zero", p), "is a character device; an adapter file must be a regular file"),
+    "directory": (os.mkdir, "is a directory; an adapter file must be a regular file"),
+}
+
+
+@pytest.mark.parametrize("which", [CONFIG_NAME, WEIGHTS_NAME])
+@pytest.mark.parametrize("kind", list(SPECIAL_FILES))
+def test_special_files_are_refused_without_reading(tmp_path, monkeypatch, which, kind):
+    """A FIFO (would block), /dev/zero (endless) or a directory in place of either file: refused, nothing read."""
+    save_adapter(_model(seed=1), tmp_path)
+    make, match = SPECIAL_FILES[kind]
+    _replace_with(tmp_path / which, make)
+    read = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    for target in (_model(seed=2), _model(plain=True)):
+        snap = _snapshot(target)
+        with pytest.raises(bora_ref.BoRAValueError, match=match):
+            load_adapter(target, tmp_path)
+        _assert_unchanged(target, snap)
+    config_size = (tmp_path / CONFIG_NAME).stat().st_size if which == WEIGHTS_NAME else 0
+    assert sum(read) <= 2 * config_size  # only the config (once per load), never the special file
+
+
+def test_a_sparse_2_gib_tensor_file_is_refused_before_reading(tmp_path, monkeypatch):
+    save_adapter(_model(seed=1), tmp_path)
+    data = (tmp_path / WEIGHTS_NAME).read_bytes()
+    with open(tmp_path / WEIGHTS_NAME, "r+b") as f:  # same valid header, then a 2 GiB hole: cheap to create
+        f.truncate(2**31)
+    with open(tmp_path / WEIGHTS_NAME, "rb") as f:
+        assert os.fstat(f.fileno()).st_size == 2**31 and f.read(8) == data[:8]
+    read = []
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: read.append(n) or real_read(fd, n))
+    target = _model(plain=True)
+    snap = _snapshot(target)
+    with pytest.raises(bora_ref.BoRAValueError, match=r"has 2147483648 bytes .* it was not read"):
+        load_adapter(target, tmp_path)
+    _assert_unchanged(target, snap)
+    assert sum(read) <= (tmp_path / CONFIG_NAME).stat().st_size + 8  # the config and the 8-byte header length
+
+
+def test_a_huge_header_length_is_refused_before_reading(tmp_path):
+    save_adapter(_model(seed=1), tmp_path)
+    data = bytearray((tmp_path / WEIGHTS_NAME).read_bytes())
+    data[:8] = (2**40).to_bytes(8, "little")
+    (tmp_path / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(bora_ref.BoRAValueError, match=r"a header of 1099511627776\), .* it was not read"):
+        load_adapter(_model(plain=True), tmp_path)
+
+
+def test_an_oversized_config_is_refused_before_reading(tmp_path):
+    from bora_ref.nn.adapter_io import MAX_CONFIG_BYTES
+
+    save_adapter(_model(seed=1), tmp_path)
+    with open(tmp_path / CONFIG_NAME, "r+b") as f:
+        f.truncate(MAX_CONFIG_BYTES + 1)  # sparse
+    with pytest.raises(bora_ref.BoRAValueError, match=f"has {MAX_CONFIG_BYTES + 1} bytes, more than the {MAX_CONFIG_BYTES}"):
+        load_adapter(_model(plain=True), tmp_path)
+
+
+def _set_layer(field, value):
+    return lambda c: [layer.update({field: value}) for layer in c["layers"].values()]
+
+
+BAD_CONFIGS = {
+    "deeply-nested": (lambda d: (d / CONFIG_NAME).write_text("[" * 200_000 + "]" * 200_000), "is not valid JSON"),
+    "huge-integer": (lambda d: (d / CONFIG_NAME).write_text((d / CONFIG_NAME).read_text().replace('"r": 3', '"r": ' + "9" * 5000, 1)),
+                     "is not valid JSON"),
+    "nan-alpha": (lambda d: (d / CONFIG_NAME).write_text((d / CONFIG_NAME).read_text().replace('"alpha": 5.0', '"alpha": NaN')),
+                  "NaN is not a JSON number"),
+    "float8-dtype": (lambda d: _edit_config(d, _set_layer("dtype", "float8_e5m2")), "dtype='float8_e5m2', not one of"),
+    "bool-dropout": (lambda d: _edit_config(d, lambda c: (_set_layer("dropout", True)(c), c.update(dropout=True))),
+                     "has dropout=True, which is not of type"),
+    "bool-alpha": (lambda d: _edit_config(d, lambda c: (_set_layer("alpha", True)(c), c.update(alpha=True))),
+                   "has alpha=True, which is not of type"),
+    "zero-r": (lambda d: _edit_config(d, lambda c: (_set_layer("r", 0)(c), c.update(r=0))), "has r=0; it must be >= 1"),
+    "top-level-r": (lambda d: _edit_config(d, lambda c: c.update(r=4)), r"top-level r=4 disagrees with the layers' r \(their common value is 3\)"),
+    "top-level-b-bool": (lambda d: _edit_config(d, lambda c: c.update(b=True)), "top-level b=True disagrees"),
+    "top-level-missing": (lambda d: _edit_config(d, lambda c: c.pop("sigma_param")), "top-level sigma_param='<missing>' disagrees"),
+    "format-version-true": (lambda d: _edit_config(d, lambda c: c.update(format_version=True)), "has format_version=True"),
+    "not-an-object": (lambda d: (d / CONFIG_NAME).write_text("[1, 2]"), "is not a BoRA adapter config"),
+    "not-utf8": (lambda d: (d / CONFIG_NAME).write_bytes(b"\xff\xfe{}"), "is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_hostile_configs_are_refused_with_BoRAValueError(tmp_path, case):
+    save_adapter(_model(seed=1), tmp_path)
+    corrupt, match = BAD_CONFIGS[case]
+    corrupt(tmp_path)
+    for target in (_model(seed=2), _model(plain=True)):
+        snap = _snapshot(target)
+        with pytest.raises(bora_ref.BoRAValueError, match=match):
+            load_adapter(target, tmp_path)
+        _assert_unchanged(target, snap)
+
+
+@pytest.mark.parametrize("path", ["", b"adapter", "a\x00b"])
+def test_save_to_an_empty_or_invalid_path_is_refused(tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(bora_ref.BoRAValueError, match="path must be"):
+        save_adapter(_model(seed=1), path)
+    with pytest.raises(bora_ref.BoRAValueError, match="path must be"):
+        load_adapter(_model(plain=True), path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(bora_ref.BoRAValueError, match="cannot create the directory"):
+        save_adapter(_model(seed=1), tmp_path / "file" / "adapter")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+class Shared(nn.Module):
+    """One nn.Linear under two names (``a`` and ``b``), or two distinct ones of the same shape."""
+
+    def __init__(self, shared: bool = True):
+        super().__init__()
+        torch.manual_seed(7)
+        self.a = nn.Linear(8, 8)
+        self.b = self.a if shared else nn.Linear(8, 8)
+        self.c = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.c(self.b(torch.tanh(self.a(x))))
+
+
+def test_loading_separate_adapters_into_one_shared_linear_is_refused(tmp_path):
+    save_adapter(apply_bora(Shared(shared=False), target_modules=["a", "b"], r=2, b=2), tmp_path)
+    target = Shared(shared=True)
+    snap = _snapshot(target)
+    with pytest.raises(bora_ref.BoRAValueError, match="'a' and 'b' are one shared nn.Linear in the model"):
+        load_adapter(target, tmp_path)
+    _assert_unchanged(target, snap)
+    assert target.a is target.b and type(target.a) is nn.Linear
+
+
+@pytest.mark.parametrize("which", [CONFIG_NAME, WEIGHTS_NAME])
+def test_save_over_a_directory_named_like_an_adapter_file_is_refused(tmp_path, which):
+    save_adapter(_model(seed=1), tmp_path)
+    _replace_with(tmp_path / which, os.mkdir)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(bora_ref.BoRAValueError, match=f"{which} is a directory; refusing to save an adapter over it"):
+        save_adapter(_model(seed=2), tmp_path)
+    assert sorted(os.listdir(tmp_path)) == before and (tmp_path / which).is_dir()

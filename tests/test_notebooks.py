@@ -9,6 +9,7 @@ cell's traceback. New notebooks are picked up by the glob.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from fnmatch import fnmatch
 from pathlib import Path
@@ -78,6 +79,49 @@ def test_notebook_states_what_it_shows_and_asserts_it(path):
     assert "assert" in code, f"{path.name} checks none of its claims with assert"
 
 
+SOLUTION = "<details><summary>Solution</summary>"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_exercises_with_checked_solutions(path):
+    """Every exercise hides its solution in a collapsible block, and the next code cell asserts it."""
+    nb = nbformat.read(path, as_version=4)
+    exercises = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and SOLUTION in c.source]
+    assert len(exercises) >= 2, f"{path.name} has {len(exercises)} exercises with a '{SOLUTION}' block"
+    for i in exercises:
+        source = nb.cells[i].source
+        assert "</details>" in source.split(SOLUTION, 1)[1], f"{path.name} cell {i}: the solution block is not closed"
+        following = next((c for c in nb.cells[i + 1:] if c.cell_type == "code"), None)
+        assert following is not None and re.search(r"^\s*assert\b", following.source, re.M), (
+            f"{path.name} cell {i}: the code cell after the exercise must check the solution with assert"
+        )
+
+
+def output_problems(nb: nbformat.NotebookNode, name: str) -> list[str]:
+    """What a reader should not see in the outputs: errors, warnings, local paths, progress-bar debris."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.output_type == "stream" else json.dumps(out.get("data", {}).get("text/plain", ""))
+            where = f"{name} cell {i}"
+            if out.output_type == "error":
+                problems.append(f"{where} has an error output")
+            if re.search(r"\w*Warning\b", text):
+                problems.append(f"{where} shows a warning: {text[:200]!r}")
+            if re.search(r"(/home/|/work/|/tmp/|/Users/|[A-Z]:\\\\)", text):
+                problems.append(f"{where} shows a local path: {text[:200]!r}")
+            if text.count("\r") > 50:
+                problems.append(f"{where} carries {text.count(chr(13))} progress-bar updates")
+            if "Loading weights" in text:
+                problems.append(f"{where} carries the transformers load report")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_are_clean(path):
+    assert output_problems(nbformat.read(path, as_version=4), path.name) == []
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     for name, value in {**KERNEL_ENV, **current_interpreter_kernel(tmp_path)}.items():
@@ -87,6 +131,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
     )
     client.execute()  # raises CellExecutionError with the failing cell's source and traceback
+    assert output_problems(nb, path.name) == []  # what the docs build would show
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,5 +1,7 @@
 """The structured SVD against the dense SVD of the reference ΔW."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bora_ref import numpy_ref, singular_values, structured_svd
-from bora_ref.partition import block_slices
+from bora_ref.partition import block_sizes, block_slices
 from bora_ref.testing import strategies as bst
 
 from ._helpers import random_factors
@@ -119,3 +121,58 @@ def test_bad_input_names_the_argument(fn, args, match, rng):
     B, A, sigma = random_factors(rng, 16, 12, 3, 2)
     with pytest.raises(ValueError, match=match):
         fn(*args(B, A, sigma))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 4, 2000, 4), (4, 4, 2000, 2), (37, 29, 12, 5), (50, 41, 9, 5), (70, 23, 6, 4), (9, 300, 40, 3)],
+    ids=["r>>1-row-blocks", "r>>2-row-blocks", "uneven-r>blocks", "uneven-mixed", "uneven-r=col-block", "wide-r>rows"],
+)
+def test_r_larger_than_blocks_and_uneven_blocks(shape, rng):
+    # Blocks with at most r rows skip the QR (their own R); runs of equal blocks share one QR call.
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    delta, dense = _dense(B, A, sigma)
+    tol = _weyl_atol(m, n, dense[0])
+    np.testing.assert_allclose(singular_values(B, A, sigma), dense, rtol=0, atol=tol)
+    U, S, Vh = structured_svd(B, A, sigma)
+    k = len(S)
+    assert k == min(m, n, b * r) == min(sum(min(s, r) for s in block_sizes(m, b)), sum(min(s, r) for s in block_sizes(n, b)))
+    np.testing.assert_allclose(U @ np.diag(S) @ Vh, delta, rtol=0, atol=tol)
+    np.testing.assert_allclose(U.T @ U, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+    np.testing.assert_allclose(Vh @ Vh.T, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+    np.testing.assert_allclose(S, dense[:k], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("fn", [singular_values, structured_svd])
+def test_never_allocates_an_m_by_n_array(fn, rng):
+    # NumPy reports its allocations to tracemalloc: the peak stays far below one (m, n) float64 array.
+    m, n, r, b = 1024, 768, 4, 4
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    tracemalloc.start()
+    try:
+        fn(B, A, sigma)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < m * n * 8 // 8
+
+
+@pytest.mark.parametrize("b", [1, 2, 3])
+@pytest.mark.parametrize("delta", [1e-3, 1e-7, 1e-11])
+def test_structured_svd_is_backward_stable_in_the_factors_not_exact(b, delta):
+    """Cancelling channels: ΔW = -δ y zᵀ exactly. The error of each computed σ_k is bounded by
+    max(m, n)·eps·‖|P||S||Q|‖_F (the documented guarantee), which here is far above eps·σ₁."""
+    from bora_ref.analysis.tolerance import factor_abs_norm
+
+    m, n = 45, 38
+    rng = np.random.default_rng(11)
+    x, y, z = rng.standard_normal(m), rng.standard_normal(m), rng.standard_normal(n)
+    B, A = np.stack([x, x + delta * y], axis=1), np.stack([z, z])
+    sigma = np.tile(np.array([1.0, -1.0]), (b, b, 1))
+    exact = np.zeros(min(m, n))
+    exact[0] = np.linalg.norm((B[:, 1] - B[:, 0])) * np.linalg.norm(z)  # x + δy - x, as stored: the true update
+    S = singular_values(B, A, sigma)
+    bound = max(m, n) * EPS64 * factor_abs_norm(B, A, sigma)
+    assert np.abs(S - exact).max() <= bound
+    assert bound > 1e3 * EPS64 * exact[0]  # so a guarantee relative to σ₁ would be false here

@@ -6,7 +6,9 @@ import torch
 from hypothesis import given
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bora_ref import block_sizes, numpy_ref, torch_ref
+from bora_ref import BoRAValueError, block_sizes, numpy_ref, torch_ref
+from bora_ref.testing import DEFAULT_CASES, check_implementation
+from bora_ref.testing._truth import truth
 from bora_ref.testing import strategies as bst
 
 from ._helpers import abs_bound, random_factors
@@ -224,3 +226,93 @@ def test_block_by_block_aligned_writes_match_the_dense_form(shape, rng, monkeypa
     torch.testing.assert_close(y, y_dense, rtol=1e-12, atol=1e-12)
     for a, d in zip(fast, dense):
         torch.testing.assert_close(a.grad, d.grad, rtol=1e-12, atol=1e-12)
+
+
+# --- strategies: every one must equal the NumPy reference, whatever choose_strategy picks ---
+
+_STRATEGIES = [s for s in torch_ref.STRATEGIES if s != "auto"]
+
+
+@pytest.mark.parametrize("strategy", _STRATEGIES)
+@pytest.mark.parametrize(
+    "shape",
+    [(12, 8, 3, 4), (13, 7, 5, 3), (9, 7, 5, 7), (4, 4, 6, 4), (10, 9, 3, 1), (7, 11, 2, 7), (40, 36, 6, 5)],
+    ids=["even", "uneven", "b=min(m,n)-uneven", "r>block", "b=1", "b=min(m,n)", "uneven-wide-blocks"],
+)
+def test_each_strategy_equals_the_numpy_reference_with_gradients(strategy, shape, rng):
+    m, n, r, b = shape
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    x, g = rng.standard_normal((2, 3, n)), rng.standard_normal((2, 3, m))
+    args = [t.requires_grad_() for t in _t(x, B, A, sigma)]
+    y = torch_ref.bora_matmul(*args, strategy=strategy)
+    y.backward(torch.from_numpy(g))
+    values = {"x": x, "B": B, "A": A, "sigma": sigma, "g": g}
+    expected = truth(values, grad=True)  # float64 NumPy reference and its vector-Jacobian product
+    tol = 1e-12 * (1.0 + abs_bound(x, B, A, sigma).max())
+    np.testing.assert_allclose(y.detach().numpy(), expected["y"], rtol=0, atol=tol)
+    for t, name in zip(args, ("grad x", "grad B", "grad A", "grad sigma")):
+        scale = 1.0 + np.abs(expected[name]).max()
+        np.testing.assert_allclose(t.grad.numpy(), expected[name], rtol=0, atol=1e-11 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("strategy", _STRATEGIES)
+def test_each_strategy_passes_the_oracle_in_every_dtype_with_gradients(strategy):
+    # The oracle's cases (even/uneven splits, b = 1, b = min(m, n), r > block, non-contiguous x, ...)
+    # against the float64 NumPy truth, in float64, float32, float16 and bfloat16.
+    def fn(x, B, A, sigma):
+        return torch_ref.bora_matmul(x, B, A, sigma, strategy=strategy)
+
+    dtypes = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+    report = check_implementation(fn, grad=True, dtypes=dtypes)  # raises OracleFailure naming a failing run
+    assert report.cases_run == len(dtypes) * len(DEFAULT_CASES)
+    assert {c.quantity for c in report.comparisons} >= {"y", "grad x", "grad B", "grad A", "grad sigma"}
+    assert all(c.passed for c in report.comparisons)
+
+
+@pytest.mark.parametrize("strategy", _STRATEGIES)
+@pytest.mark.parametrize("shape", [(256, 192, 4, 8), (250, 190, 4, 7)])
+def test_no_strategy_allocates_an_m_by_n_tensor(strategy, shape):
+    m, n, r, b = shape
+    B, A, sigma = (torch.randn(m, r, requires_grad=True), torch.randn(r, n, requires_grad=True),
+                   torch.randn(b, b, r, requires_grad=True))
+    x = torch.randn(3, 5, n, requires_grad=True)
+    rec = _RecordShapes()
+    with rec:
+        torch_ref.bora_matmul(x, B, A, sigma, strategy=strategy).sum().backward()
+    biggest = max(int(np.prod(s)) for _, s in rec.numels)
+    assert biggest < m * n // 4, [entry for entry in rec.numels if int(np.prod(entry[1])) == biggest]
+
+
+@pytest.mark.parametrize("strategy", _STRATEGIES)
+def test_each_strategy_is_first_order_only(strategy):
+    x, B, A, sigma = (t.double().requires_grad_() for t in _valid())
+    with pytest.raises(RuntimeError, match=r"first-order differentiable only"):
+        torch.autograd.grad(torch_ref.bora_matmul(x, B, A, sigma, strategy=strategy).sum(), x, create_graph=True)
+
+
+def test_choose_strategy_rule():
+    choose = torch_ref.choose_strategy
+    assert choose(4096, 4096, 16, 1, threads=1) == "dense"  # b = 1: exactly LoRA's two products
+    assert choose(4096, 4096, 16, 1, device_type="cuda") == "dense"
+    assert choose(4096, 4096, 8, 2, device_type="cuda") == "bmm"
+    for threads in (1, 2, 8):
+        limit = torch_ref._DENSE_MAX_BR[min(threads, 2)]
+        assert choose(4096, 4096, 64, 16, threads=threads) == "bmm"
+        if limit >= 2:  # the largest b r that still runs "dense", and the next b up
+            assert choose(4096, 4096, limit // 2, 2, threads=threads) == "dense"
+            assert choose(4096, 4096, limit // 2, 3, threads=threads) == "bmm"
+            # The expanded (n, b r) and (b r, m) factors must stay far below (m, n).
+            assert choose(2 * limit - 1, 4096, limit // 2, 2, threads=threads) == "bmm"
+        else:
+            assert choose(4096, 4096, 8, 2, threads=threads) == "bmm"
+    # "auto" runs the chosen strategy: the same result as forcing it.
+    x, B, A, sigma = (torch.randn(5, 64), torch.randn(64, 8), torch.randn(8, 64), torch.randn(2, 2, 8))
+    chosen = choose(64, 64, 8, 2)
+    torch.testing.assert_close(torch_ref.bora_matmul(x, B, A, sigma), torch_ref.bora_matmul(x, B, A, sigma, strategy=chosen),
+                               rtol=0, atol=0)
+
+
+def test_unknown_strategy_is_refused_naming_it():
+    x, B, A, sigma = _valid()
+    with pytest.raises(BoRAValueError, match=r"strategy must be one of 'auto', 'bmm', 'dense', got 'fast'"):
+        torch_ref.bora_matmul(x, B, A, sigma, strategy="fast")

@@ -2,7 +2,7 @@
 
 Everything here takes factors ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)`` (NumPy arrays or
 torch tensors) or plain shapes, and computes in float64 NumPy. It never imports ``torch.nn`` or
-:mod:`bora_ref.nn`; the model-level views live in :mod:`bora_ref.nn.inspect`.
+`bora_ref.nn`; the model-level views live in [`bora_ref.nn.inspect`][bora_ref.nn.inspect].
 """
 
 from __future__ import annotations

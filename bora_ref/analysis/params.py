@@ -1,4 +1,4 @@
-"""Parameter accounting for LoRA and BoRA (DESIGN.md fact 5).
+"""Parameter accounting for LoRA and BoRA, in closed form (any size answers at once).
 
 Per adapted ``(m, n)`` layer: LoRA trains ``r (m + n)`` parameters (``A (r, n)`` and
 ``B (m, r)``); BoRA adds the ``b² r`` entries of ``sigma (b, b, r)``. To reach rank
@@ -35,6 +35,12 @@ class ParamCount:
         lora: ``r (m + n)``, the ``A`` and ``B`` factors (what LoRA of rank ``r`` trains).
         sigma: ``b² r``, the block diagonals.
         total: ``lora + sigma``.
+
+    Examples:
+        >>> from bora_ref import param_count
+        >>> pc = param_count(4096, 4096, 8, 8)  # r = 8, b = 8 on a 4096 x 4096 weight
+        >>> pc.lora, pc.sigma, pc.total, round(pc.overhead_pct, 2)
+        (65536, 512, 66048, 0.78)
     """
 
     lora: int
@@ -48,7 +54,7 @@ class ParamCount:
 
     @property
     def overhead_pct(self) -> float:
-        """:attr:`overhead` in percent: ``100 * sigma / lora``."""
+        """[`overhead`][bora_ref.ParamCount.overhead] in percent: ``100 * sigma / lora``."""
         return 100.0 * self.overhead
 
 
@@ -58,16 +64,18 @@ def param_count(m: int, n: int, r: int, b: int) -> ParamCount:
     $$\\underbrace{r(m + n)}_{\\text{lora}} + \\underbrace{b^2 r}_{\\text{sigma}}$$
 
     Args:
-        m: out_features (rows of ``B``). n: in_features (columns of ``A``).
-        r: rank per block product, ``>= 1``. b: blocks per side, ``1 <= b <= min(m, n)``.
+        m: out_features (rows of ``B``).
+        n: in_features (columns of ``A``).
+        r: rank per block product, ``>= 1``.
+        b: blocks per side, ``1 <= b <= min(m, n)``.
 
     Returns:
-        A :class:`ParamCount` with int fields ``lora``, ``sigma``, ``total``.
+        A [`ParamCount`][bora_ref.ParamCount] with int fields ``lora``, ``sigma``, ``total``.
 
     Raises:
         ValueError: non-integer or out-of-range arguments.
 
-    Example:
+    Examples:
         >>> param_count(4096, 4096, 8, 8)
         ParamCount(lora=65536, sigma=512, total=66048)
     """
@@ -81,10 +89,10 @@ def param_count(m: int, n: int, r: int, b: int) -> ParamCount:
 
 
 def sum_param_counts(counts: Iterable[ParamCount]) -> ParamCount:
-    """Field-wise sum of several :class:`ParamCount` (e.g. every adapted layer of a model).
+    """Field-wise sum of several [`ParamCount`][bora_ref.ParamCount] (e.g. every adapted layer of a model).
 
     Raises:
-        ValueError: an item that is not a :class:`ParamCount`, or no items at all.
+        ValueError: an item that is not a [`ParamCount`][bora_ref.ParamCount], or no items at all.
     """
     items = list(counts)
     if not items or not all(isinstance(c, ParamCount) for c in items):
@@ -100,12 +108,15 @@ def equal_budget_lora_rank(m: int, n: int, r: int, b: int) -> int:
     $$R_\\text{LoRA} = \\max\\{R : R(m + n) \\le r(m + n) + b^2 r\\} = r + \\lfloor b^2 r / (m + n) \\rfloor$$
 
     Args:
-        m, n, r, b: as in :func:`param_count`.
+        m: rows of the weight, as in [`param_count`][bora_ref.param_count].
+        n: columns of the weight.
+        r: rank per block product.
+        b: blocks per side.
 
     Raises:
-        ValueError: as :func:`param_count`.
+        ValueError: as [`param_count`][bora_ref.param_count].
 
-    Example:
+    Examples:
         >>> equal_budget_lora_rank(384, 384, 8, 64)  # 64² * 8 = 32768 extra = 42.7 LoRA ranks
         50
     """
@@ -135,39 +146,47 @@ def lora_params_for_rank(m: int, n: int, R: int) -> int:
 def bora_params_for_rank(m: int, n: int, R: int, b: int) -> int:
     """Fewest BoRA parameters with ``b`` blocks whose rank bound reaches ``R``.
 
-    Takes the smallest ``r`` with :func:`bora_ref.rank_bound` ``(m, n, r, b) >= R`` and returns
+    Takes the smallest ``r`` with [`bora_ref.rank_bound`][bora_ref.rank_bound] ``(m, n, r, b) >= R`` and returns
     ``param_count(m, n, r, b).total``; for ``R = b r`` with even splits and ``r <= m/b, n/b``:
 
     $$r(m + n) + b^2 r = R\\Big(\\frac{m + n}{b} + b\\Big)$$
 
     Args:
-        m, n: weight shape. R: target rank, ``1 <= R <= min(m, n)``. b: ``1 <= b <= min(m, n)``.
+        m: rows of the weight.
+        n: columns of the weight.
+        R: target rank, ``1 <= R <= min(m, n)``.
+        b: blocks per side, ``1 <= b <= min(m, n)``.
 
     Raises:
         ValueError: non-integer or out-of-range arguments.
 
-    Example:
+    Examples:
         >>> bora_params_for_rank(4096, 4096, 128, 16), lora_params_for_rank(4096, 4096, 128)
         (67584, 1048576)
     """
     m, n, R = _check_target_rank(m, n, R)
     b = check_b(b, m, n)
-    r = math.ceil(R / b)  # enough when every block has at least r rows and columns
-    while rank_bound(m, n, r, b) < R:  # small blocks cap min(r, m_i): grow r (ends by r = max block)
-        r += 1
-    return param_count(m, n, r, b).total
+    # rank_bound is non-decreasing in r and reaches min(m, n) >= R by r = max(m, n): bisect, O(log max(m, n)).
+    lo, hi = max(1, -(-R // b)), max(m, n)  # ceil(R / b) is enough when every block has >= r rows and columns
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if rank_bound(m, n, mid, b) >= R:
+            hi = mid
+        else:
+            lo = mid + 1
+    return param_count(m, n, lo, b).total
 
 
 def best_b(m: int, n: int) -> int:
     """The ``b`` that minimises BoRA's parameters per unit of rank on an ``(m, n)`` weight.
 
-    Per unit of rank BoRA costs $(m + n)/b + b$ (DESIGN.md fact 5), minimised over the reals at
+    Per unit of rank BoRA costs $(m + n)/b + b$ (parameters ``r (m + n) + b² r`` for rank ``b r``), minimised over the reals at
     $b = \\sqrt{m + n}$; this returns the best integer in ``[1, min(m, n)]`` (the smaller on a tie).
 
     Raises:
         ValueError: non-integer or non-positive ``m``, ``n``.
 
-    Example:
+    Examples:
         >>> best_b(4096, 4096), best_b(4096, 11008), best_b(384, 384)
         (91, 123, 28)
     """

@@ -1,4 +1,4 @@
-"""``python -m bora_ref.experiments``: see :func:`bora_ref.experiments.experiment.main`."""
+"""``python -m bora_ref.experiments``: see `bora_ref.experiments.experiment.main`."""
 
 import sys
 

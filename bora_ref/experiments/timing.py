@@ -84,7 +84,7 @@ def step_costs(
         steps, repeats: see the module docstring; the first step of every model is a warm-up.
 
     Returns:
-        name → :class:`StepCost`; ``seconds`` is the median over repeats of the mean step time.
+        name → `StepCost`; ``seconds`` is the median over repeats of the mean step time.
 
     Raises:
         ValueError: no models, a model without trainable parameters, or ``steps``/``repeats`` < 1.

@@ -1,7 +1,7 @@
 """The torch side of bora_ref: the layer, model injection, adapter files, PEFT interop, inspection.
 
-Layering: :mod:`bora_ref.nn` builds on the flat core (:mod:`bora_ref.partition`,
-:mod:`bora_ref.torch_ref`) and on :mod:`bora_ref.analysis`; nothing below it imports it.
+Layering: `bora_ref.nn` builds on the flat core ([`bora_ref.partition`][bora_ref.partition],
+[`bora_ref.torch_ref`][bora_ref.torch_ref]) and on `bora_ref.analysis`; nothing below it imports it.
 The public names are re-exported at the top level (``from bora_ref import BoRALinear``).
 """
 

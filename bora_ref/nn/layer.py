@@ -18,10 +18,13 @@ from torch import nn
 
 from .. import torch_ref
 from .._validation import BoRAValueError, check_int
-from .config import BoRAConfig
+from ..analysis.budget import adapter_bytes, check_budget
+from .config import ADAPTER_DTYPES, BoRAConfig
 from .sigma import DEFAULT_SIGMA_PARAM, SIGMA_PARAMS, get_sigma_param
 
 __all__ = ["BoRALinear", "SIGMA_PARAMS"]
+
+_MERGED_KEY = "bora_merged"  # state_dict key present only for a merged layer (see _load_from_state_dict)
 
 
 def _init_lora_A_(A: torch.Tensor) -> None:
@@ -66,7 +69,15 @@ class BoRALinear(nn.Module):
         adapter_dtype: dtype of ``lora_A``, ``lora_B``, ``sigma`` (see Precision).
 
     Raises:
-        ValueError: for any invalid argument (the message names it).
+        ValueError: for any invalid argument (the message names it), including a ``device`` that
+            does not exist here and a base layer or adapter whose memory would exceed
+            [`MEMORY_BUDGET_BYTES`][bora_ref.analysis.budget.MEMORY_BUDGET_BYTES].
+
+    Safety: ``forward`` refuses (``ValueError``) a non-tensor, non-floating or wrongly shaped
+    ``x``, and one on another device or (outside autocast) of another dtype than the base
+    weight. A merged layer's ``state_dict`` carries a ``bora_merged`` entry, so loading it into
+    an unmerged layer makes that layer merged too (ΔW is never counted twice);
+    ``reset_adapter_parameters()`` refuses while merged.
 
     Examples:
         >>> layer = BoRALinear(64, 32, r=4, b=4)
@@ -94,8 +105,22 @@ class BoRALinear(nn.Module):
         out_features = check_int("out_features", out_features, minimum=1)
         config = BoRAConfig(r=r, b=b, alpha=alpha, rslora=rslora, sigma_param=sigma_param, dropout=dropout,
                             adapter_dtype=adapter_dtype).check_shape(out_features, in_features)
+        if not isinstance(bias, bool):
+            raise BoRAValueError(f"bias must be a bool, got {bias!r}")
+        if dtype is not None and dtype not in ADAPTER_DTYPES:
+            raise BoRAValueError(f"dtype must be None or one of {ADAPTER_DTYPES} (the base layer's dtype), got {dtype!r}")
+        try:
+            device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise BoRAValueError(f"device must be None, a torch.device or a device string such as 'cpu', got {device!r}") from None
+        itemsize = (dtype or torch.get_default_dtype()).itemsize
+        check_budget("BoRALinear's base layer", (out_features * in_features + out_features) * itemsize,
+                     f"in_features={in_features}, out_features={out_features}, dtype={dtype or torch.get_default_dtype()}")
         super().__init__()
-        base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        try:
+            base = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        except (RuntimeError, AssertionError) as exc:  # e.g. device='cuda' without CUDA (torch raises AssertionError)
+            raise BoRAValueError(f"cannot create the base layer on device={device!r}: {str(exc).splitlines()[0]}") from None
         self._setup(base, config)
 
     @classmethod
@@ -151,8 +176,9 @@ class BoRALinear(nn.Module):
         self.merged = False
         r, b = config.r, config.b
 
-        for p in base.parameters():
-            p.requires_grad_(False)
+        # Refuse an adapter above the memory budget before allocating it (r = 10**9 would try ~40 GB per layer).
+        check_budget("BoRALinear's adapter (lora_A, lora_B, sigma)", adapter_bytes(m, n, r, b, adapter_dtype.itemsize),
+                     f"m={m}, n={n}, r={r}, b={b}, adapter_dtype={adapter_dtype}")
         self.base = base
         factory = {"device": base.weight.device, "dtype": adapter_dtype}
         self.lora_A = nn.Parameter(torch.empty(r, n, **factory))  # (r, n)
@@ -160,6 +186,8 @@ class BoRALinear(nn.Module):
         self.sigma = nn.Parameter(torch.empty(b, b, r, **factory))  # (b, b, r), raw
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.reset_adapter_parameters()
+        for p in base.parameters():  # last: a failure above leaves the caller's layer untouched
+            p.requires_grad_(False)
 
     @property
     def config(self) -> BoRAConfig:
@@ -169,7 +197,14 @@ class BoRALinear(nn.Module):
                           adapter_dtype=self.lora_A.dtype)
 
     def reset_adapter_parameters(self) -> None:
-        """Re-initialise the adapter: ``lora_A`` Kaiming-uniform, ``lora_B = 0``, ``sigma`` per ``sigma_param``."""
+        """Re-initialise the adapter: ``lora_A`` Kaiming-uniform, ``lora_B = 0``, ``sigma`` per ``sigma_param``.
+
+        Raises:
+            ValueError: the layer is merged (its base weight holds the current ΔW, which a later
+                ``unmerge()`` could no longer subtract); call ``unmerge()`` first.
+        """
+        if self.merged:
+            raise BoRAValueError("reset_adapter_parameters(): the layer is merged; call unmerge() first (nothing was changed)")
         _init_lora_A_(self.lora_A)
         nn.init.zeros_(self.lora_B)
         get_sigma_param(self.sigma_param).init_(self.sigma, self.in_features)
@@ -195,11 +230,21 @@ class BoRALinear(nn.Module):
         Returns:
             ``(..., m)`` in the base layer's output dtype.
         """
+        if not isinstance(x, torch.Tensor):
+            raise BoRAValueError(f"x must be a torch.Tensor of shape (..., {self.in_features}), got {type(x).__name__}")
+        if x.layout != torch.strided or not x.is_floating_point() or x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise BoRAValueError(
+                f"x must be a dense floating tensor of shape (..., {self.in_features}), got shape {tuple(x.shape)}, "
+                f"dtype {x.dtype}, layout {x.layout}"
+            )
+        weight = self.base.weight
+        if x.device != weight.device:
+            raise BoRAValueError(f"x is on {x.device} but the layer is on {weight.device}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise BoRAValueError(f"x has dtype {x.dtype} but the base layer's weight is {weight.dtype} (and autocast is off)")
         result = self.base(x)
         if self.merged:
             return result
-        if x.shape[-1] != self.in_features:  # the base already raised for most mismatches
-            raise BoRAValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
         x_a = self.dropout(x).to(self.lora_A.dtype)
         update = torch_ref._bora_matmul(x_a, self.lora_B, self.lora_A, self.effective_sigma())  # (..., m)
         return result + (update * self.scaling).to(result.dtype)
@@ -212,6 +257,8 @@ class BoRALinear(nn.Module):
             safe: compute the merged weight out of place first and refuse (``ValueError``, weight
                 untouched) if it contains NaN or infinity.
         """
+        if not isinstance(safe, bool):
+            raise BoRAValueError(f"safe must be a bool, got {safe!r:.80}")
         if self.merged:
             warnings.warn("BoRALinear.merge(): already merged, nothing to do", stacklevel=2)
             return
@@ -235,6 +282,36 @@ class BoRALinear(nn.Module):
         weight = self.base.weight
         weight.sub_(self.delta_weight().to(weight.dtype))
         self.merged = False
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.merged:  # only then, so an unmerged layer's keys are exactly its parameters'
+            destination[prefix + _MERGED_KEY] = torch.ones((), dtype=torch.bool)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool, missing_keys: list[str],
+        unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        """Carry the merged state with the base weight, so ΔW is never added twice or lost.
+
+        A merged layer's ``state_dict`` holds ``<prefix>bora_merged``. Loading a state dict
+        with ``base.weight`` makes the layer merged exactly when that key is present; loading
+        adapter tensors without ``base.weight`` into a merged layer is refused (the ΔW folded
+        into the weight would no longer match the adapter, and ``unmerge()`` would be wrong).
+        """
+        incoming_merged = (prefix + _MERGED_KEY) in state_dict
+        has_base = (prefix + "base.weight") in state_dict
+        has_adapter = any((prefix + name) in state_dict for name in ("lora_A", "lora_B", "sigma"))
+        if not has_base and has_adapter and self.merged:
+            raise BoRAValueError(
+                f"cannot load adapter tensors ({prefix or 'root'}) into a merged BoRALinear without its base.weight; "
+                "call unmerge() first"
+            )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + _MERGED_KEY in unexpected_keys:
+            unexpected_keys.remove(prefix + _MERGED_KEY)
+        if has_base:
+            self.merged = incoming_merged
 
     def extra_repr(self) -> str:
         return (

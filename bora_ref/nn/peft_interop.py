@@ -148,6 +148,15 @@ def bora_from_peft(
             variant or ``lora_bias``, wraps something other than ``nn.Linear``, or lacks
             ``adapter_name``; a PEFT wrapper other than LoRA or ``modules_to_save``; or ``b`` /
             ``sigma_param`` invalid for some layer. All checks run first: on error nothing changes.
+
+    Examples:
+        >>> from torch import nn
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from bora_ref import bora_from_peft, bora_layers
+        >>> peft_model = get_peft_model(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)), LoraConfig(r=2, target_modules=["0"]))
+        >>> model = bora_from_peft(peft_model, b=4)
+        >>> [(layer.r, layer.b) for layer in bora_layers(model)]
+        [(2, 4)]
     """
     if not isinstance(model, nn.Module):
         raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -243,6 +252,15 @@ def lora_factors(layer: BoRALinear, *, rtol: float | None = None) -> tuple[torch
         ValueError: ``layer`` is not a ``BoRALinear``; ``rtol`` is not positive; ``lora_B``,
             ``lora_A`` or the effective Σ hold NaN or inf; or Σ is not separable and $\\Delta W$
             has numerical rank ``k > r`` (the message gives ``k`` and the tolerance).
+
+    Examples:
+        >>> import torch
+        >>> from bora_ref import BoRALinear, lora_factors
+        >>> layer = BoRALinear(in_features=16, out_features=8, r=2, b=1)  # b = 1: rank <= r always
+        >>> _ = torch.nn.init.normal_(layer.lora_B)
+        >>> B2, A2 = lora_factors(layer)
+        >>> tuple(B2.shape), tuple(A2.shape), torch.allclose(layer.scaling * B2 @ A2, layer.delta_weight(), atol=1e-5)
+        ((8, 2), (2, 16), True)
     """
     if not isinstance(layer, BoRALinear):
         raise BoRAValueError(f"layer must be a BoRALinear, got {type(layer).__name__}")
@@ -318,6 +336,14 @@ def bora_to_peft(
             message names the layer), or a
             ``modules_to_save`` entry that names no module. All checks and factorisations run
             first: on error ``model`` is unchanged.
+
+    Examples:
+        >>> from torch import nn
+        >>> from bora_ref import apply_bora, bora_to_peft
+        >>> model = apply_bora(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)), target_modules=["0"], r=2, b=1)
+        >>> peft_model = bora_to_peft(model)  # b = 1: every update has rank <= r, so the conversion is exact
+        >>> type(peft_model).__name__
+        'PeftModel'
     """
     if not isinstance(model, nn.Module):
         raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -329,8 +355,15 @@ def bora_to_peft(
     layers = {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
     if not layers or "" in layers:
         raise BoRAValueError("model has no BoRALinear layers to convert (or is one itself; wrap it in a container)")
+    all_names = [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, BoRALinear)]
+    if len(all_names) != len(layers):  # one shared layer under several names: PEFT would adapt only one of them
+        shared = sorted(set(all_names) - set(layers))
+        raise BoRAValueError(f"BoRA layers {shared} are shared with other names of the model; PEFT cannot represent "
+                             "one LoRA layer under several names, so the conversion would change the model's outputs")
     if isinstance(modules_to_save, str):
         raise BoRAValueError(f"modules_to_save must be a list of module names, got the string {modules_to_save!r}")
+    if modules_to_save is not None and not isinstance(modules_to_save, (list, tuple)):
+        raise BoRAValueError(f"modules_to_save must be a list of module names or None, got {type(modules_to_save).__name__}")
     names = list(modules_to_save) if modules_to_save is not None else []
     for name in names:
         if not isinstance(name, str) or not name or not _has_module(model, name):

@@ -1,7 +1,7 @@
 """The rank/parameter report: sweeps over real layer shapes, figures, Markdown, and its CLI.
 
-:func:`~bora_ref.report.writer.write_report` is the main job (``bora-ref report``). Layering:
-this package builds on :mod:`bora_ref.analysis` and the flat core, never on :mod:`bora_ref.nn`.
+[`write_report`][bora_ref.report.writer.write_report] is the main job (``bora-ref report``). Layering:
+this package builds on `bora_ref.analysis` and the flat core, never on `bora_ref.nn`.
 """
 
 from __future__ import annotations

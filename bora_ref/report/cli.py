@@ -1,6 +1,6 @@
 """``bora-ref report`` (the main job) and ``bora-ref rank``: the rank analysis from the command line.
 
-``report`` calls :func:`bora_ref.report.writer.write_report` and prints a short summary; ``rank``
+``report`` calls [`bora_ref.report.writer.write_report`][bora_ref.report.writer.write_report] and prints a short summary; ``rank``
 analyses one ``(m, n, r, b)`` configuration.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis.budget import MEMORY_BUDGET_BYTES, check_budget, factor_bytes, structured_svd_bytes
 from ..analysis.measures import rank_measures
 from ..analysis.params import best_b, equal_budget_lora_rank, param_count
 from ..analysis.rank import factor_rank_info, rank_bound
@@ -32,6 +33,8 @@ def _run_report(args: argparse.Namespace) -> int:
 def _run_rank(args: argparse.Namespace) -> int:
     m, n, r, b = args.m, args.n, args.r, args.b
     bound = rank_bound(m, n, r, b)  # validates the shape first
+    check_budget("bora-ref rank", factor_bytes(m, n, r, b) + structured_svd_bytes(m, n, r, b),
+                 f"m={m}, n={n}, r={r}, b={b}")  # refuse before drawing the factors
     B, A, sigma = sample_factors(m, n, r, b, sigma=args.sigma, seed=args.seed)
     info = factor_rank_info(B, A, sigma)
     mm = rank_measures(info.singular_values)
@@ -55,14 +58,15 @@ of parameters; add the parameter accounting, the Î£-collapse checks, a partial-Î
 the rank measures. Ranks come from the exact structured SVD, so even 18944 x 3584 layers take
 milliseconds."""
 
-_REPORT_EPILOG = """\
+_REPORT_EPILOG = f"""\
 output folder:
   report.md                        findings, tables and figures
   sweep.csv params.csv collapse.csv ablation.csv measures.csv
   rank_vs_b.png spectra.png overhead_vs_b.png ablation.png block_heatmap.png
 
 exit status: 0 when random factors attain the bound in every configuration, 1 otherwise,
-2 on invalid arguments.
+2 on invalid arguments (including a configuration whose working memory would exceed the
+memory budget, bora_ref.analysis.budget.MEMORY_BUDGET_BYTES = {MEMORY_BUDGET_BYTES / 1024**3:g} GiB).
 
 example:
   bora-ref report --out /tmp/bora --models MiniLM-L6 --r 8 --b 2 4 8"""
@@ -93,7 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("rank", help="rank, bound and parameters of one (m, n, r, b) configuration",
                        description=_RANK_HELP, formatter_class=fmt,
-                       epilog="example:\n  bora-ref rank --m 4096 --n 4096 --r 8 --b 16 --sigma separable")
+                       epilog="exit status: 0, or 2 on invalid arguments (including a configuration whose working memory\n"
+                              f"would exceed the memory budget of {MEMORY_BUDGET_BYTES / 1024**3:g} GiB, "
+                              "bora_ref.analysis.budget.MEMORY_BUDGET_BYTES)\n\n"
+                              "example:\n  bora-ref rank --m 4096 --n 4096 --r 8 --b 16 --sigma separable")
     q.add_argument("--m", type=int, required=True, help="out_features: rows of the weight and of B")
     q.add_argument("--n", type=int, required=True, help="in_features: columns of the weight and of A")
     q.add_argument("--r", type=int, required=True, help="rank of each block product, >= 1")

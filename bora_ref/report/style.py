@@ -1,20 +1,20 @@
 """The one figure style of ``bora_ref``: palette, series styles, figures, legends and colourbars.
 
-Every figure of :mod:`bora_ref.report.plots` (and of the notebooks) is built with these helpers,
+Every figure of [`bora_ref.report.plots`][bora_ref.report.plots] (and of the notebooks) is built with these helpers,
 so all of them follow the same rules:
 
 - **Colourblind-safe colours.** The eight colours of Okabe and Ito (*Color Universal Design*,
-  2008), in :data:`PALETTE`. Series ``i`` gets colour ``i mod 8`` and a line style and marker
-  that change with ``i`` as well (:func:`series_style`): up to 32 series differ in
+  2008), in [`PALETTE`][bora_ref.report.style.PALETTE]. Series ``i`` gets colour ``i mod 8`` and a line style and marker
+  that change with ``i`` as well ([`series_style`][bora_ref.report.style.series_style]): up to 32 series differ in
   (colour, line style), and no two series of one figure look alike even in grey-scale print.
 - **Labelled axes, with units** where a quantity has one (a count, a ratio, a percentage).
 - **Real legends, off the data**: every drawn series has an entry, and the legend sits outside
-  the axes (:func:`legend_outside`); lines that are not data (block edges, reference lines
-  named in the title) are marked with :func:`decoration`.
-- **A labelled colourbar on every image** (:func:`image_with_colorbar`), one shared colour scale
+  the axes ([`legend_outside`][bora_ref.report.style.legend_outside]); lines that are not data (block edges, reference lines
+  named in the title) are marked with [`decoration`][bora_ref.report.style.decoration].
+- **A labelled colourbar on every image** ([`image_with_colorbar`][bora_ref.report.style.image_with_colorbar]), one shared colour scale
   when panels are compared.
 
-No ``pyplot``: :func:`new_figure` builds a ``matplotlib.figure.Figure`` on its own Agg canvas,
+No ``pyplot``: [`new_figure`][bora_ref.report.style.new_figure] builds a ``matplotlib.figure.Figure`` on its own Agg canvas,
 so nothing touches matplotlib's global state and the figures work headless, in threads and in
 notebooks (a notebook displays a returned ``Figure`` with ``IPython.display.display``).
 """
@@ -67,11 +67,20 @@ DECORATION = "decoration"
 def series_style(i: int) -> dict[str, Any]:
     """Colour, line style and marker of the ``i``-th series of a figure.
 
-    Colour ``i mod 8`` from :data:`PALETTE`; line style ``(i mod 8 + i // 8) mod 4``, so the
+    Colour ``i mod 8`` from [`PALETTE`][bora_ref.report.style.PALETTE]; line style ``(i mod 8 + i // 8) mod 4``, so the
     first 32 series all differ in (colour, line style); marker ``i mod 8``.
 
     Returns:
         keyword arguments for ``Axes.plot``: ``color``, ``linestyle``, ``marker``.
+
+    Raises:
+        ValueError: ``i`` is not a non-negative int.
+
+    Examples:
+        >>> series_style(0)
+        {'color': '#0072B2', 'linestyle': '-', 'marker': 'o'}
+        >>> series_style(8)["color"] == series_style(0)["color"], series_style(8)["linestyle"]
+        (True, '--')
     """
     if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0:
         raise ValueError(f"i must be a non-negative int, got {i!r}")
@@ -89,12 +98,19 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.8, height: fl
     """A constrained-layout ``Figure`` on an Agg canvas (no ``pyplot``) and its axes, flattened.
 
     Args:
-        ncols, nrows: panel grid.
-        width, height: inches per panel.
+        ncols: panels per row.
+        nrows: rows of panels.
+        width: inches per panel.
+        height: inches per panel.
         **subplot_kw: forwarded to ``Figure.subplots`` (e.g. ``gridspec_kw``).
 
     Returns:
         ``(figure, axes)`` with ``axes`` a 1-D object array of ``nrows * ncols`` ``Axes``.
+
+    Examples:
+        >>> fig, axes = new_figure(2)
+        >>> len(axes), fig.get_size_inches().tolist()
+        (2, [9.6, 3.6])
     """
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)  # savefig / PNG rendering without pyplot
@@ -107,6 +123,12 @@ def legend_outside(target: Axes | Figure, *, fontsize: str = "small", **kwargs: 
 
     With an ``Axes`` the legend lists that axes' series; with a ``Figure`` it lists the series of
     all panels once (by label), for panels that share their series.
+
+    Examples:
+        >>> fig, (ax,) = new_figure()
+        >>> _ = ax.plot([1, 2], [3, 4], label="BoRA", **series_style(0))
+        >>> [t.get_text() for t in legend_outside(ax).get_texts()]
+        ['BoRA']
     """
     if isinstance(target, Figure):
         handles: dict[str, Artist] = {}
@@ -118,7 +140,15 @@ def legend_outside(target: Axes | Figure, *, fontsize: str = "small", **kwargs: 
 
 
 def decoration(*artists: Artist) -> None:
-    """Mark lines that are not data series (grid edges, reference lines) so the style test skips them."""
+    """Mark lines that are not data series (grid edges, reference lines) so the style test skips them.
+
+    Examples:
+        >>> fig, (ax,) = new_figure()
+        >>> edge = ax.axhline(2.5, color="k")
+        >>> decoration(edge)
+        >>> edge.get_gid(), ax.get_legend_handles_labels()[1]
+        ('decoration', [])
+    """
     for artist in artists:
         artist.set_gid(DECORATION)
         artist.set_label("_" + DECORATION)
@@ -141,6 +171,12 @@ def image_with_colorbar(ax: Axes, values: Any, *, label: str, symmetric: bool = 
         colorbar_axes: the axes the colourbar takes space from (default ``ax``); pass all panels
             that share the scale to draw one colourbar for them.
         **imshow_kw: forwarded to ``imshow``.
+
+    Examples:
+        >>> fig, (ax,) = new_figure()
+        >>> image, cbar = image_with_colorbar(ax, [[1.0, -2.0], [0.5, 0.0]], label="entry of ΔW")
+        >>> image.get_clim(), cbar.ax.get_ylabel()
+        ((-2.0, 2.0), 'entry of ΔW')
     """
     values = np.asarray(values)
     if symmetric:

@@ -1,7 +1,7 @@
 """Sweeps over real layer shapes: measured rank against the bound, Σ collapses, a partial-Σ ablation.
 
-Every measurement draws random factors (:func:`sample_factors`) and takes the rank of ΔW with
-the structured SVD (:func:`bora_ref.factor_rank`, default tolerance), so no ``(m, n)`` matrix is
+Every measurement draws random factors ([`sample_factors`][bora_ref.report.sweep.sample_factors]) and takes the rank of ΔW with
+the structured SVD ([`bora_ref.factor_rank`][bora_ref.factor_rank], default tolerance), so no ``(m, n)`` matrix is
 ever formed and the largest shapes (18944 x 3584) take milliseconds. The layer shapes of real
 models ship with the package (``bora_ref/data/model_shapes.json``, sources cited there).
 """
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 SIGMA_KINDS = ("random", "separable", "identical")
-"""How :func:`sample_factors` draws ``sigma``: generic, ``u_i * v_j`` (rank <= r), one shared diagonal (LoRA)."""
+"""How [`sample_factors`][bora_ref.report.sweep.sample_factors] draws ``sigma``: generic, ``u_i * v_j`` (rank <= r), one shared diagonal (LoRA)."""
 
 
 class LayerShape(NamedTuple):
@@ -66,10 +66,10 @@ def load_model_shapes(models: Iterable[str] | None = None) -> list[LayerShape]:
     """Every adaptable linear layer of the shipped models (attention and MLP projections).
 
     Args:
-        models: names from :func:`shipped_models` (default: all of them).
+        models: names from [`shipped_models`][bora_ref.report.sweep.shipped_models] (default: all of them).
 
     Returns:
-        One :class:`LayerShape` per module name and model, in the file's order.
+        One [`LayerShape`][bora_ref.report.sweep.LayerShape] per module name and model, in the file's order.
 
     Raises:
         ValueError: an unknown model name.
@@ -108,8 +108,8 @@ def sample_factors(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian factors ``B (m, r)``, ``A (r, n)`` and a ``sigma (b, b, r)`` of the chosen kind.
 
-    - ``"random"``: i.i.d. standard normal ``sigma``; ΔW attains :func:`bora_ref.rank_bound`
-      with probability 1 (DESIGN.md fact 4).
+    - ``"random"``: i.i.d. standard normal ``sigma``; ΔW attains [`bora_ref.rank_bound`][bora_ref.rank_bound]
+      with probability 1 (fact 4 on the theory page).
     - ``"separable"``: $\\sigma_{ij} = u_i \\odot v_j$ with Gaussian ``u, v (b, r)``; then
       $\\Delta W_{[i,j]} = (B_i \\mathrm{diag}(u_i))(\\mathrm{diag}(v_j) A_j)$ is one ``(m, r)``
       times one ``(r, n)`` matrix: rank ``<= r`` (fact 3).
@@ -137,7 +137,7 @@ def sample_factors(
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One configuration of :func:`rank_sweep` (parameter fields as :func:`bora_ref.param_count`)."""
+    """One configuration of [`rank_sweep`][bora_ref.report.sweep.rank_sweep] (parameter fields as [`bora_ref.param_count`][bora_ref.param_count])."""
 
     model: str
     module: str
@@ -199,13 +199,14 @@ def rank_sweep(
 ) -> list[SweepRow]:
     """Measured rank of random BoRA factors against the bound, LoRA and equal-budget LoRA.
 
-    For every shape × ``r`` × ``b``: the rank of ΔW for :func:`sample_factors` (``"random"``),
-    :func:`bora_ref.rank_bound`, LoRA's rank ``min(r, m, n)``, the rank of LoRA with BoRA's
-    parameter budget (:func:`bora_ref.analysis.params.equal_budget_lora_rank`) and the parameter counts.
+    For every shape × ``r`` × ``b``: the rank of ΔW for [`sample_factors`][bora_ref.report.sweep.sample_factors] (``"random"``),
+    [`bora_ref.rank_bound`][bora_ref.rank_bound], LoRA's rank ``min(r, m, n)``, the rank of LoRA with BoRA's
+    parameter budget ([`bora_ref.analysis.params.equal_budget_lora_rank`][bora_ref.analysis.params.equal_budget_lora_rank]) and the parameter counts.
 
     Args:
-        shapes: :class:`LayerShape` items (e.g. from :func:`load_model_shapes`) or ``(m, n)`` tuples.
-        rs, bs: ranks per block and block counts; every ``b`` must fit every shape.
+        shapes: [`LayerShape`][bora_ref.report.sweep.LayerShape] items (e.g. from [`load_model_shapes`][bora_ref.report.sweep.load_model_shapes]) or ``(m, n)`` tuples.
+        rs: ranks per block.
+        bs: block counts; every ``b`` must fit every shape.
         seed: seed of the factors (the same for every configuration).
         progress: show a tqdm bar (``None``: only on a terminal).
 
@@ -226,7 +227,7 @@ def rank_sweep(
 
 @dataclass(frozen=True)
 class CollapseRow:
-    """Rank of ΔW for the three kinds of Σ of :func:`sample_factors`, at one configuration."""
+    """Rank of ΔW for the three kinds of Σ of [`sample_factors`][bora_ref.report.sweep.sample_factors], at one configuration."""
 
     model: str
     module: str
@@ -251,7 +252,7 @@ def collapse_sweep(
 ) -> list[CollapseRow]:
     """How the structure of Σ caps the rank: generic vs separable ($\\le r$) vs identical (LoRA's).
 
-    Same arguments and errors as :func:`rank_sweep`.
+    Same arguments and errors as [`rank_sweep`][bora_ref.report.sweep.rank_sweep].
     """
     rows = []
     for s, r, b in tqdm(_grid(shapes, rs, bs), desc="collapse sweep", disable=None if progress is None else not progress):
@@ -280,7 +281,10 @@ def partial_sigma_ablation(
     nested, so the rank is non-decreasing in ``k``.
 
     Args:
-        m, n, r, b: as :func:`bora_ref.rank_bound`.
+        m: rows of the weight, as in [`bora_ref.rank_bound`][bora_ref.rank_bound].
+        n: columns of the weight.
+        r: rank per block product.
+        b: blocks per side.
         ks: the ``k`` values, each in ``[0, b²]`` (default: all of ``0..b²``).
         seed: seed of the factors and of the block order.
 

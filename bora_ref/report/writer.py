@@ -1,9 +1,9 @@
 """The rank/parameter report (the main job): sweeps on real layer shapes, written as a folder.
 
-:func:`write_report` runs the sweeps of :mod:`bora_ref.report.sweep` on the shipped layer shapes of
+[`write_report`][bora_ref.report.writer.write_report] runs the sweeps of [`bora_ref.report.sweep`][bora_ref.report.sweep] on the shipped layer shapes of
 real models and writes an output folder: ``report.md`` (the findings, with tables and figures),
-one CSV per table and the PNG figures of :mod:`bora_ref.report.plots`. The command line
-(``bora-ref report``, ``bora-ref rank``) is :mod:`bora_ref.report.cli`.
+one CSV per table and the PNG figures of [`bora_ref.report.plots`][bora_ref.report.plots]. The command line
+(``bora-ref report``, ``bora-ref rank``) is `bora_ref.report.cli`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import csv
 import dataclasses
 import io
 import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._arrays import single_blas_thread
 from .markdown import ABLATION, HEATMAP, SPECTRA, render_report
 from .._validation import BoRAValueError, check_b, check_int
+from ..analysis.budget import check_budget, factor_bytes, structured_svd_bytes
 from ..analysis.measures import rank_measures
 from ..analysis.params import best_b, equal_budget_lora_rank, param_count, sum_param_counts
 from .plots import plot_ablation, plot_block_heatmap, plot_overhead_vs_b, plot_rank_vs_b, plot_spectra
@@ -45,13 +47,39 @@ DEFAULT_OUT = "bora-report"
 
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file and rename it: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write through a fresh, uniquely named temporary file and rename it over ``path``.
+
+    A reader never sees a half-written file, and two reports written into one folder at the
+    same time never share a temporary file (each file ends up whole, from one of them).
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; report files are ordinary shareable files
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_out(out: Path) -> None:
+    """Make sure ``out`` is (or can become) a folder we can write in, before anything is computed.
+
+    Creates ``out`` (and missing parents) and creates and removes one temporary file in it.
+
+    Raises:
+        ValueError: ``out`` exists and is not a folder, or it cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise BoRAValueError(f"out must be a folder, but {str(out)!r} exists and is not one")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".bora-report-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BoRAValueError(f"out={str(out)!r} is not a writable folder: {exc.strerror or exc}") from None
 
 
 def _records(rows: Sequence[Any]) -> list[dict[str, Any]]:
@@ -120,8 +148,11 @@ def write_report(
     left alone; each file is replaced atomically).
 
     Args:
-        out: output folder. models: names from :func:`bora_ref.report.sweep.shipped_models` (default all).
-        rs, bs: ranks per block and block counts of the sweep. seed: seed of every random factor.
+        out: output folder.
+        models: names from [`bora_ref.report.sweep.shipped_models`][bora_ref.report.sweep.shipped_models] (default all).
+        rs: ranks per block of the sweep.
+        bs: block counts of the sweep.
+        seed: seed of every random factor.
         progress: tqdm bars (``None``: only on a terminal).
 
     Returns:
@@ -129,20 +160,32 @@ def write_report(
         ``collapse_total``, ``files`` (paths written), ``seconds``.
 
     Raises:
-        ValueError: unknown model, invalid ``r``/``b`` for a shape, or ``out`` is not a usable folder
-            (checked before anything is computed or written).
+        ValueError: unknown model, invalid ``r``/``b`` for a shape, a configuration whose working
+            memory would exceed [`MEMORY_BUDGET_BYTES`][bora_ref.analysis.budget.MEMORY_BUDGET_BYTES], or ``out`` is not
+            a writable folder (all checked before anything is computed; ``out`` is created then).
     """
     start = time.perf_counter()
+    if models is not None and (isinstance(models, str) or not isinstance(models, Iterable)):
+        raise BoRAValueError(f"models must be a list of model names or None, got {models!r:.80}")
     shapes = distinct_shapes(load_model_shapes(models))
+    if not shapes:
+        raise BoRAValueError("models must name at least one model, got an empty list")
+    for name, values in (("rs", rs), ("bs", bs)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not list(values):
+            raise BoRAValueError(f"{name} must be a non-empty list of integers, got {values!r:.80}")
     rs = [check_int("r", r, minimum=1) for r in rs]
     bs = [check_int("b", b, minimum=1) for b in bs]
     for s in shapes:
         for b in bs:
             check_b(b, s.m, s.n)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BoRAValueError(f"out must be a folder, but {str(out)!r} exists and is not one")
+            for r in rs:  # the sweep draws the factors of every configuration and takes their structured SVD
+                check_budget("bora-ref report", factor_bytes(s.m, s.n, r, b) + structured_svd_bytes(s.m, s.n, r, b),
+                             f"{s.model} {s.module} m={s.m}, n={s.n}, r={r}, b={b}")
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out):
+        raise BoRAValueError(f"out must be a non-empty folder name, got {out!r}")
     seed = check_int("seed", seed, minimum=0)
+    out = Path(out)
+    _check_out(out)  # an unusable folder is refused before minutes of computing
 
     rows = rank_sweep(shapes, rs, bs, seed=seed, progress=progress)
     r_mid = rs[len(rs) // 2]  # the r of the collapse sweep, the parameter table and the rank-vs-b figure
@@ -151,10 +194,6 @@ def write_report(
     spectra, measures = _spectra_section(seed)
     params = _model_params(shapes, r_mid, bs)
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BoRAValueError(f"out: cannot create the folder {str(out)!r}: {exc}") from None
     overview = [next(s for s in shapes if s.model == name) for name in dict.fromkeys(s.model for s in shapes)]
     overview_bs = [b for b in sorted({*bs, 32, 64, 128}) if b <= min(min(s.m, s.n) for s in overview)]
     figures = {

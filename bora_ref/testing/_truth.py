@@ -1,6 +1,6 @@
 """What the oracle compares against: float64 truth from the NumPy reference, and a naive torch baseline.
 
-Truth (float64, NumPy): the forward is :func:`bora_ref.numpy_ref.bora_matmul`; the gradients of
+Truth (float64, NumPy): the forward is [`bora_ref.numpy_ref.bora_matmul`][bora_ref.numpy_ref.bora_matmul]; the gradients of
 $L = \\langle g, y \\rangle$ for a cotangent ``g (..., m)`` follow from $y = x \\Delta W^T$ with
 $G = g^T x$ ``(m, n)`` (leading dimensions flattened) and the block formula of $\\Delta W$:
 
@@ -16,7 +16,7 @@ oracle's error floor is a multiple of ``eps`` times it.
 
 Baseline (same dtype, torch): $\\Delta W$ assembled block by block in the working dtype, then
 ``x @ dW.T``; its gradients come from autograd. It is written here, not taken from
-:mod:`bora_ref.torch_ref`, so a bug in the code under test cannot loosen the tolerance it is judged by.
+[`bora_ref.torch_ref`][bora_ref.torch_ref], so a bug in the code under test cannot loosen the tolerance it is judged by.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from .. import numpy_ref
 from ..partition import block_slices
 
-__all__ = ["QUANTITIES", "truth", "rss_scale", "naive_bora_matmul"]
+__all__ = ["QUANTITIES", "truth", "rss_scale", "term_counts", "naive_bora_matmul"]
 
 # Output first, then the gradients in argument order of fn(x, B, A, sigma).
 QUANTITIES: tuple[str, ...] = ("y", "grad x", "grad B", "grad A", "grad sigma")
@@ -54,11 +54,11 @@ def _vjp(x: np.ndarray, B: np.ndarray, A: np.ndarray, sigma: np.ndarray, g: np.n
 
 
 def truth(values: dict[str, np.ndarray], grad: bool) -> dict[str, np.ndarray]:
-    """Float64 truth for :data:`QUANTITIES` (only ``"y"`` unless ``grad``).
+    """Float64 truth for `QUANTITIES` (only ``"y"`` unless ``grad``).
 
     Args:
         values: float64 arrays ``x (..., n)``, ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``,
-            ``g (..., m)`` (as :func:`bora_ref.testing.cases.case_values` returns them).
+            ``g (..., m)`` (as [`bora_ref.testing.cases.case_values`][bora_ref.testing.cases.case_values] returns them).
         grad: also compute the four gradients.
 
     Returns:
@@ -83,11 +83,26 @@ def rss_scale(values: dict[str, np.ndarray], grad: bool) -> dict[str, float]:
     return {k: float(np.sqrt(v.max())) if v.size else 0.0 for k, v in squared.items()}
 
 
+def term_counts(values: dict[str, np.ndarray], grad: bool) -> dict[str, int]:
+    """Largest number of products summed into any entry of each quantity: ``max(truth(ones))``.
+
+    With every input equal to one, every term is one and each entry of the truth counts its terms
+    (``n r`` for ``y``, ``N m_i n_j`` for ``grad sigma`` with ``N`` rows of ``x``). A sum of ``L``
+    terms accumulated in floating point errs by about ``sqrt(L)`` roundings of its partial sums, so
+    the oracle allows for that much growth at the accumulator's precision.
+    """
+    ones = truth({k: np.ones_like(v) for k, v in values.items()}, grad)
+    return {k: int(round(float(v.max()))) if v.size else 0 for k, v in ones.items()}
+
+
 def naive_bora_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The simplest correct torch BoRA in the inputs' dtype: $\\Delta W$ block by block, then one matmul.
 
     Args:
-        x: ``(..., n)``. B: ``(m, r)``. A: ``(r, n)``. sigma: ``(b, b, r)``; one dtype and device.
+        x: ``(..., n)``.
+        B: ``(m, r)``.
+        A: ``(r, n)``.
+        sigma: ``(b, b, r)``; one dtype and device.
 
     Returns:
         ``(..., m)``, differentiable in all four inputs.

@@ -1,17 +1,19 @@
 """The oracle's case list: BoRA shapes, input layouts and factor kinds, and their inputs.
 
-A case fixes ``(m, n, r, b)`` (DESIGN.md names: ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``),
-the leading dimensions of ``x (..., n)``, how the inputs are laid out in memory and what kind of
-factors they hold. Its inputs are a pure function of ``(case, dtype, seed)``: values are drawn in
-float64 from a generator seeded by ``seed`` and the case's name, then rounded to the dtype, so
-running one case alone (a replay) sees exactly the inputs it saw inside the full list.
+A case fixes ``(m, n, r, b)`` (``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)``), the leading
+dimensions of ``x (..., n)``, how the inputs are laid out in memory and what kind of factors they
+hold. Its inputs are a pure function of ``(case, dtype, seed, call)``: values are drawn in float64
+from a generator seeded by ``seed``, the case's name and the call number (the oracle calls the
+implementation twice per case, on two independent draws of the same shapes), then rounded to the
+dtype, so running one case alone (a replay) sees exactly the inputs it saw inside the full list.
 
-The built-in list :data:`DEFAULT_CASES` covers even and uneven splits (tall, wide, square, rows
+The built-in list [`DEFAULT_CASES`][bora_ref.testing.DEFAULT_CASES] covers even and uneven splits (tall, wide, square, rows
 only, columns only), ``r`` larger than a block, ``b = 1``, ``b = min(m, n)``, ``x`` of shape
-``(n,)``, ``(t, n)``, ``(batch, t, n)`` and an empty batch, non-contiguous inputs (transposed,
-strided and permuted views; the strided view's gaps hold NaN, so a kernel that ignores strides
-reads poison),
-zero factors, large-magnitude factors and one case larger than a typical GPU tile.
+``(n,)``, ``(t, n)``, ``(batch, t, n)``, three and four leading dimensions, single-token decode
+steps ``(1, n)`` and ``(1, 1, n)`` and an empty batch, non-contiguous inputs (transposed, strided
+and permuted views; the strided view's gaps hold NaN, so a kernel that ignores strides reads
+poison), zero factors, large-magnitude factors, positive factors, long reductions (``n = 2048``)
+and one case larger than a typical GPU tile.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ __all__ = [
 ]
 
 Layout = Literal["contiguous", "x-transposed", "x-strided", "factors-permuted"]
-FactorKind = Literal["gaussian", "zero-B", "zero-sigma", "large"]
+FactorKind = Literal["gaussian", "zero-B", "zero-sigma", "large", "positive"]
 LAYOUTS: tuple[str, ...] = ("contiguous", "x-transposed", "x-strided", "factors-permuted")
-FACTOR_KINDS: tuple[str, ...] = ("gaussian", "zero-B", "zero-sigma", "large")
+FACTOR_KINDS: tuple[str, ...] = ("gaussian", "zero-B", "zero-sigma", "large", "positive")
 
 _FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -55,11 +57,20 @@ class OracleCase:
         factors: ``"gaussian"`` (standard normal), ``"zero-B"`` or ``"zero-sigma"`` ($\\Delta W = 0$
             but non-zero gradients), ``"large"`` (``B``, ``A``, ``sigma`` scaled by
             ``finfo(dtype).max ** (1/8)``: about ``3e38`` in float64, past float32's range, ``7e4`` in
-            float32 and bfloat16, ``4`` in float16).
+            float32 and bfloat16, ``4`` in float16), ``"positive"`` (every input, and the cotangent,
+            is the absolute value of a standard normal draw: no cancellation, so every sum grows
+            with its length, and an implementation that accumulates in the working dtype loses
+            the small terms).
 
     Raises:
         BoRAValueError: a non-integer or out-of-range size, ``b`` outside ``[1, min(m, n)]``, a
             negative leading dimension, or an unknown layout or factor kind.
+
+    Examples:
+        >>> from bora_ref.testing import OracleCase
+        >>> case = OracleCase("my-layer", m=24, n=10, r=3, b=4, lead=(2, 5))
+        >>> case.x_shape, case.y_shape
+        ((2, 5, 10), (2, 5, 24))
     """
 
     name: str
@@ -110,10 +121,15 @@ DEFAULT_CASES: tuple[OracleCase, ...] = (
     OracleCase("b=min(m,n)-tall", 10, 6, 2, 6),  # one column per block, rows split 2,2,2,2,1,1
     OracleCase("b=m=n", 5, 5, 2, 5),  # every block 1 x 1
     OracleCase("scalar-blocks", 1, 1, 1, 1),
-    # Leading dimensions of x.
+    # Leading dimensions of x: none, two, three, four (with size-1 dimensions a kernel might
+    # squeeze), an empty batch, and the single-token steps of LLM decoding.
     OracleCase("x-vector", 10, 14, 3, 3, lead=()),
     OracleCase("x-3d", 12, 8, 2, 2, lead=(2, 3)),
+    OracleCase("x-4d", 10, 9, 3, 3, lead=(2, 3, 4)),
+    OracleCase("x-5d", 9, 11, 2, 3, lead=(3, 1, 2, 1)),
     OracleCase("empty-batch", 6, 4, 2, 2, lead=(0,)),
+    OracleCase("decode-1xn", 21, 18, 4, 3, lead=(1,)),
+    OracleCase("decode-1x1xn", 18, 21, 4, 3, lead=(1, 1)),
     # Memory layouts: a kernel that reads raw storage without strides gets wrong values or NaN.
     OracleCase("x-transposed", 9, 12, 3, 3, lead=(7,), layout="x-transposed"),
     OracleCase("x-strided", 12, 10, 3, 2, lead=(4, 3), layout="x-strided"),
@@ -124,14 +140,38 @@ DEFAULT_CASES: tuple[OracleCase, ...] = (
     OracleCase("large-factors", 14, 10, 3, 3, factors="large"),
     # Larger than a 16/32/64 tile in every dimension, uneven, r = 20 > 16.
     OracleCase("multi-tile", 130, 97, 20, 4, lead=(3, 33)),
+    # Long reductions (1024 terms per column block): accumulating in bfloat16 or float16 instead of
+    # float32 fails here, on zero-mean values and, by far, on positive ones.
+    OracleCase("long-n", 24, 2048, 4, 2, lead=(3,)),
+    OracleCase("long-n-positive", 20, 2048, 4, 2, lead=(3,), factors="positive"),
 )
+"""The cases [`check_implementation`][bora_ref.testing.check_implementation] runs by default, in this order.
+
+Even and uneven splits of tall, wide and square shapes; ranks and block counts at their edges
+(``r`` larger than a block, ``b = 1``, ``b = min(m, n)``); ``x`` with zero to four leading
+dimensions, an empty batch and decoding steps; non-contiguous memory layouts; special factor
+values; shapes larger than a kernel tile; long reductions.
+
+Examples:
+    >>> from bora_ref.testing import DEFAULT_CASES
+    >>> DEFAULT_CASES[0]
+    OracleCase(name='even-square', m=16, n=16, r=4, b=4, lead=(6,), layout='contiguous', factors='gaussian')
+    >>> len({case.name for case in DEFAULT_CASES}) == len(DEFAULT_CASES)  # names are unique
+    True
+"""
 
 
 def get_case(name: str) -> OracleCase:
-    """The built-in case called ``name`` (see :data:`DEFAULT_CASES`).
+    """The built-in case called ``name`` (see [`DEFAULT_CASES`][bora_ref.testing.DEFAULT_CASES]).
 
     Raises:
         BoRAValueError: no built-in case has that name.
+
+    Examples:
+        >>> from bora_ref.testing import get_case
+        >>> case = get_case("even-square")
+        >>> case.m, case.n, case.r, case.b
+        (16, 16, 4, 4)
     """
     for case in DEFAULT_CASES:
         if case.name == name:
@@ -140,31 +180,38 @@ def get_case(name: str) -> OracleCase:
     raise BoRAValueError(f"case must be the name of a built-in case ({names}), got {name!r}")
 
 
-def _rng(case: OracleCase, seed: int) -> np.random.Generator:
-    # Seeded by (seed, name) only, so a case's inputs do not depend on its position in a list.
-    return np.random.default_rng([seed, zlib.crc32(case.name.encode())])
+def _rng(case: OracleCase, seed: int, call: int) -> np.random.Generator:
+    # Seeded by (seed, name, call) only, so a case's inputs do not depend on its position in a list.
+    # The first call keeps the two-word seed it has always had (the golden files hold its values).
+    words = [seed, zlib.crc32(case.name.encode())] + ([call] if call else [])
+    return np.random.default_rng(words)
 
 
-def case_values(case: OracleCase, dtype: torch.dtype, seed: int) -> dict[str, np.ndarray]:
+def case_values(case: OracleCase, dtype: torch.dtype, seed: int, call: int = 0) -> dict[str, np.ndarray]:
     """The case's values, rounded to ``dtype`` and returned as float64 NumPy arrays.
 
     Args:
         case: the case.
         dtype: the dtype the implementation will receive (float64, float32, float16 or bfloat16).
         seed: non-negative integer.
+        call: which of the oracle's calls on this case: ``0`` (the first) or ``1`` (the second,
+            an independent draw of the same shapes and kind).
 
     Returns:
         ``{"x": lead + (n,), "B": (m, r), "A": (r, n), "sigma": (b, b, r), "g": lead + (m,)}``;
         ``g`` is the cotangent (upstream gradient of ``y``) used for gradient checks.
 
     Raises:
-        BoRAValueError: ``dtype`` is not one of the four float dtypes or ``seed`` is negative.
+        BoRAValueError: ``dtype`` is not one of the four float dtypes, ``seed`` is negative or
+            ``call`` is not 0 or 1.
     """
     if dtype not in _FLOAT_DTYPES:
         raise BoRAValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
     seed = check_int("seed", seed, minimum=0)
+    if isinstance(call, bool) or call not in (0, 1):
+        raise BoRAValueError(f"call must be 0 (the first call) or 1 (the second), got {call!r}")
     m, n, r, b = case.m, case.n, case.r, case.b
-    rng = _rng(case, seed)
+    rng = _rng(case, seed, call)
     values = {
         "x": rng.standard_normal(case.x_shape),
         "B": rng.standard_normal((m, r)),
@@ -181,6 +228,8 @@ def case_values(case: OracleCase, dtype: torch.dtype, seed: int) -> dict[str, np
         scale = float(torch.finfo(dtype).max) ** 0.125
         for key in ("B", "A", "sigma"):
             values[key] *= scale
+    elif case.factors == "positive":
+        values = {k: np.abs(v) for k, v in values.items()}
     # Round once, through torch, to what the implementation will see.
     return {k: torch.from_numpy(v).to(dtype).double().numpy() for k, v in values.items()}
 
@@ -207,7 +256,7 @@ def _place(value: np.ndarray, dtype: torch.dtype, device: torch.device, how: str
 
 
 def make_inputs(
-    case: OracleCase, dtype: torch.dtype, device: str | torch.device = "cpu", seed: int = 0
+    case: OracleCase, dtype: torch.dtype, device: str | torch.device = "cpu", seed: int = 0, call: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The case's inputs as torch tensors in ``dtype`` on ``device``, laid out as ``case.layout`` says.
 
@@ -216,21 +265,29 @@ def make_inputs(
         dtype: float64, float32, float16 or bfloat16.
         device: any torch device.
         seed: non-negative integer.
+        call: ``0`` for the inputs of the oracle's first call on the case, ``1`` for the second.
 
     Returns:
         ``(x, B, A, sigma, g)`` with shapes ``lead + (n,)``, ``(m, r)``, ``(r, n)``, ``(b, b, r)``,
-        ``lead + (m,)``; their values equal :func:`case_values` exactly.
+        ``lead + (m,)``; their values equal [`case_values`][bora_ref.testing.cases.case_values] exactly.
 
     Raises:
-        BoRAValueError: as :func:`case_values`.
+        BoRAValueError: as [`case_values`][bora_ref.testing.cases.case_values].
+
+    Examples:
+        >>> import torch
+        >>> from bora_ref.testing import get_case, make_inputs
+        >>> x, B, A, sigma, g = make_inputs(get_case("even-square"), torch.float32)
+        >>> [tuple(t.shape) for t in (x, B, A, sigma, g)], x.dtype
+        ([(6, 16), (16, 4), (4, 16), (4, 4, 4), (6, 16)], torch.float32)
     """
-    return place_inputs(case, case_values(case, dtype, seed), dtype, device)
+    return place_inputs(case, case_values(case, dtype, seed, call), dtype, device)
 
 
 def place_inputs(
     case: OracleCase, values: dict[str, np.ndarray], dtype: torch.dtype, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`make_inputs` from already computed :func:`case_values` (same arguments, same result)."""
+    """[`make_inputs`][bora_ref.testing.make_inputs] from already computed [`case_values`][bora_ref.testing.cases.case_values] (same arguments, same result)."""
     device = torch.device(device)
     x_how = {"x-transposed": "last-first", "x-strided": "strided"}.get(case.layout, "contiguous")
     f_how = "reversed" if case.layout == "factors-permuted" else "contiguous"

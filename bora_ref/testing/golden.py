@@ -8,8 +8,15 @@ every file with its case, ``m, n, r, b``, block sizes, dtype, seed, array shapes
 
 The ``.npz`` files are plain (uncompressed) zip archives of ``.npy`` arrays with a fixed timestamp, so
 regenerating them on the same platform rewrites the same bytes. Regenerate with
-``bora-ref golden --regenerate`` (or ``python -m bora_ref.testing.golden --regenerate``); check with
+``bora-ref golden --regenerate``; check with
 ``bora-ref golden``.
+
+[`check_golden`][bora_ref.testing.check_golden] runs a torch implementation on every file and compares its output and all four
+gradients with the stored truth (``bora-ref check --golden MODULE:FN`` from the shell). The bar, per
+array: ``max |got - truth| <= GOLDEN_RTOL[dtype] * max |truth|``, ``1e-10`` for float64 inputs and
+``1e-5`` for float32 (about 84 float32 epsilons; a bfloat16, float16 or TF32 detour errs by 1e-4 to
+1e-2 of ``max |truth|``, a logic error by order one). Implementations outside Python apply the same
+bar; the manifest states it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +35,12 @@ import torch
 from .. import numpy_ref
 from .._validation import BoRAValueError
 from ..partition import block_sizes
-from ._truth import truth
+from ._truth import QUANTITIES, truth
 from .cases import OracleCase, case_values, get_case
-from .results import dtype_name
+from .results import Comparison, OracleFailure, OracleReport, dtype_name
 
-__all__ = ["GOLDEN_CASES", "GOLDEN_SEED", "golden_dir", "golden_arrays", "write_golden", "read_manifest",
-           "load_golden", "verify_golden"]
+__all__ = ["GOLDEN_CASES", "GOLDEN_SEED", "GOLDEN_RTOL", "golden_dir", "golden_arrays", "write_golden",
+           "read_manifest", "load_golden", "verify_golden", "check_golden"]
 
 # (built-in case name, input dtype): even and uneven splits, r > block, b = min(m, n), x (n,) and
 # (batch, t, n), in float64 and float32 (.npy has no bfloat16).
@@ -43,9 +51,21 @@ GOLDEN_CASES: tuple[tuple[str, torch.dtype], ...] = (
     ("r-exceeds-block", torch.float64),
     ("b=min(m,n)-tall", torch.float64),
     ("x-3d", torch.float64),
+    ("x-4d", torch.float64),
     ("uneven-tall", torch.float32),
     ("x-vector", torch.float32),
+    ("decode-1x1xn", torch.float32),
 )
+GOLDEN_RTOL: dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
+"""The bar of [`check_golden`][bora_ref.testing.check_golden] per input dtype: for ``y`` and every gradient,
+``max |got - truth| <= GOLDEN_RTOL[dtype] * max |truth|``. The manifest states it too.
+
+Examples:
+    >>> from bora_ref.testing import GOLDEN_RTOL
+    >>> from bora_ref.testing.golden import read_manifest
+    >>> GOLDEN_RTOL == read_manifest()["tolerance"]["rtol"]
+    True
+"""
 GOLDEN_SEED = 0
 _MANIFEST = "manifest.json"
 _INPUTS = ("x", "B", "A", "sigma", "g")
@@ -105,7 +125,12 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
         The manifest (also written to ``manifest.json``).
     """
     out_dir = Path(directory) if directory is not None else golden_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BoRAValueError(f"directory must be a directory (or not exist yet), got the file {str(out_dir)!r}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BoRAValueError(f"directory {str(out_dir)!r} cannot be created: {exc}") from None
     entries = []
     for name, dtype in GOLDEN_CASES:
         case = get_case(name)
@@ -126,6 +151,8 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
                       "inputs x, B, A, sigma, g are in `dtype`, everything else is float64 truth computed "
                       "from those exact values",
         "regenerate": "bora-ref golden --regenerate",
+        "tolerance": {"rule": "per array (y and each grad_*): max |got - truth| <= rtol[dtype] * max |truth|",
+                      "rtol": GOLDEN_RTOL},
         "files": entries,
     }
     tmp = out_dir / (_MANIFEST + ".tmp")
@@ -134,9 +161,39 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
     return manifest
 
 
+def _directory(directory: str | os.PathLike[str] | None) -> Path:
+    """``directory`` (default [`golden_dir`][bora_ref.testing.golden.golden_dir]), which must hold a manifest."""
+    base = Path(directory) if directory is not None else golden_dir()
+    if not base.is_dir():
+        raise BoRAValueError(f"directory must be an existing directory of golden files, got {str(base)!r}")
+    if not (base / _MANIFEST).is_file():
+        raise BoRAValueError(f"directory must hold a {_MANIFEST} (write one with `bora-ref golden --regenerate "
+                             f"--dir DIR`), got {str(base)!r} without it")
+    return base
+
+
+_MAX_MANIFEST_BYTES = 1 << 20
+
+
 def read_manifest(directory: str | os.PathLike[str] | None = None) -> dict:
-    """The parsed ``manifest.json`` of ``directory`` (default [`golden_dir`][bora_ref.testing.golden.golden_dir])."""
-    return json.loads((Path(directory) if directory is not None else golden_dir()).joinpath(_MANIFEST).read_text())
+    """The parsed ``manifest.json`` of ``directory`` (default [`golden_dir`][bora_ref.testing.golden.golden_dir]).
+
+    Raises:
+        BoRAValueError: ``directory`` is not a directory, has no manifest, or the manifest is larger
+            than 1 MiB or not a JSON object with a list of ``files``, each with a ``file`` name.
+    """
+    path = _directory(directory) / _MANIFEST
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BoRAValueError(f"manifest must be at most {_MAX_MANIFEST_BYTES} bytes, got {path.stat().st_size} in "
+                             f"{str(path)!r}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise BoRAValueError(f"manifest {str(path)!r} must be valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or not all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) for e in manifest["files"]):
+        raise BoRAValueError(f"manifest {str(path)!r} must be an object with a list of files, each with a 'file' name")
+    return manifest
 
 
 def load_golden(file: str, directory: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
@@ -148,7 +205,7 @@ def load_golden(file: str, directory: str | os.PathLike[str] | None = None) -> d
     files = [e["file"] for e in read_manifest(directory)["files"]]
     if file not in files:
         raise BoRAValueError(f"file must be one of the golden files {files}, got {file!r}")
-    with np.load((Path(directory) if directory is not None else golden_dir()) / file, allow_pickle=False) as data:
+    with np.load(_directory(directory) / file, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
 
@@ -161,7 +218,7 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
     Returns:
         One line per problem found; empty when all is well.
     """
-    base = Path(directory) if directory is not None else golden_dir()
+    base = _directory(directory)
     problems = []
     for entry in read_manifest(base)["files"]:
         path = base / entry["file"]
@@ -188,3 +245,144 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
             if err > _RTOL * float(np.abs(expected).max(initial=0.0)):
                 problems.append(f"{entry['file']}: {key} differs from the reference by {err:.3e}")
     return problems
+
+
+def check_golden(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    grad: bool = True,
+    directory: str | os.PathLike[str] | None = None,
+    files: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    timeout: float | None = None,
+) -> OracleReport:
+    """Run ``fn(x, B, A, sigma)`` on every golden file; compare ``y`` and (with ``grad``) all four gradients.
+
+    The files are first verified ([`verify_golden`][bora_ref.testing.golden.verify_golden]: hashes and
+    stored truth). For each file, in manifest order, ``fn`` is called once on the stored inputs
+    (torch tensors in the stored dtype on ``device``; ``sigma`` is the effective $\\Sigma$ diagonals,
+    used as given) and, with ``grad``, one backward of $\\langle g, y \\rangle$ with the stored
+    cotangent ``g`` gives the gradients. Each array must satisfy
+    ``max |got - truth| <= GOLDEN_RTOL[dtype] * max |truth|`` (``1e-10`` for float64 files, ``1e-5``
+    for float32). Every file is checked before failing.
+
+    Args:
+        fn: the implementation, as for [`check_implementation`][bora_ref.testing.check_implementation].
+        grad: also check ``grad_x``, ``grad_B``, ``grad_A``, ``grad_sigma`` (``fn`` must be
+            differentiable with torch autograd).
+        directory: a directory of golden files with its ``manifest.json`` (default: the packaged one).
+        files: only these file names (default: every file in the manifest).
+        device: where ``fn`` runs; must be available.
+        timeout: seconds one call (or backward) may take, as in
+            [`check_implementation`][bora_ref.testing.check_implementation].
+
+    Returns:
+        An [`OracleReport`][bora_ref.testing.OracleReport] with one comparison per file and array.
+
+    Raises:
+        OracleFailure: some file failed (the message lists every failing file, its problem and a
+            replay line); an exception raised by ``fn`` is chained as ``__cause__``.
+        BoRAValueError: a bad argument, a directory without a manifest, an unknown file name, or golden
+            files that fail verification.
+
+    Examples:
+        >>> from bora_ref import torch_ref
+        >>> from bora_ref.testing import check_golden
+        >>> report = check_golden(torch_ref.bora_matmul)  # every file, output and four gradients
+        >>> report.cases_run, all(c.passed for c in report.comparisons)
+        (10, True)
+    """
+    __tracebackhide__ = True
+    from . import oracle  # the oracle's checks of calls, outputs and inputs
+
+    if not callable(fn):
+        raise BoRAValueError(f"fn must be callable as fn(x, B, A, sigma), got {fn!r}")
+    if not isinstance(grad, (bool, np.bool_)):
+        raise BoRAValueError(f"grad must be True or False, got {grad!r}")
+    grad = bool(grad)
+    dev = oracle._check_device(device)
+    if timeout is not None:
+        timeout = oracle.check_positive_float("timeout", timeout)
+    base = _directory(directory)
+    entries = read_manifest(base)["files"]
+    names = [e["file"] for e in entries]
+    if files is not None:
+        if isinstance(files, str) or not isinstance(files, (list, tuple)) or not files:
+            raise BoRAValueError(f"files must be a non-empty list of golden file names, got {files!r}")
+        for name in files:
+            if name not in names:
+                raise BoRAValueError(f"files must name golden files of {names}, got {name!r}")
+        entries = [e for e in entries if e["file"] in files]
+    problems = verify_golden(base)
+    if problems:
+        raise BoRAValueError(f"directory {str(base)!r} must hold intact golden files; verification found: "
+                             + "; ".join(problems))
+
+    comparisons: list[Comparison] = []
+    failures: list[tuple[str, str, BaseException | None]] = []
+    for entry in entries:
+        arrays = load_golden(entry["file"], base)
+        dtype = getattr(torch, entry["dtype"])
+        case = _entry_case(entry)
+        try:
+            found = _golden_run(fn, case, arrays, dtype, dev, grad, GOLDEN_RTOL[entry["dtype"]], timeout)
+        except oracle._Misbehaved as exc:
+            failures.append((entry["file"], str(exc), exc.__cause__))
+            continue
+        comparisons += found
+        bad = [c for c in found if not c.passed]
+        if bad:
+            failures.append((entry["file"], oracle._describe_error(bad[0], calls=False), None))
+    report = OracleReport(tuple(comparisons), str(dev), grad, GOLDEN_SEED)
+    if failures:
+        fn_line = oracle._import_line(fn) or "fn = ...  # your implementation"
+        dir_arg = "" if directory is None else f", directory={str(base)!r}"
+        lines = [f"bora_ref golden: {len(failures)} of {len(entries)} golden files failed on {dev} (grad={grad}; "
+                 f"bar per array: max |got - truth| <= rtol x max |truth|, rtol {GOLDEN_RTOL})"]
+        for name, problem, _ in failures:
+            lines += [f"  {name}: {problem}",
+                      f"    replay: from bora_ref.testing import check_golden; {fn_line}; "
+                      f"check_golden(fn, grad={grad}, files=[{name!r}]{dir_arg}, device={str(dev)!r})"]
+        first = next(e for e in entries if e["file"] == failures[0][0])
+        raise OracleFailure("\n".join(lines), _entry_case(first), getattr(torch, first["dtype"]),
+                            report) from failures[0][2]
+    return report
+
+
+def _entry_case(entry: dict) -> OracleCase:
+    return OracleCase(entry["case"], entry["m"], entry["n"], entry["r"], entry["b"], lead=tuple(entry["x_shape"][:-1]))
+
+
+def _golden_run(
+    fn: Callable, case: OracleCase, arrays: dict[str, np.ndarray], dtype: torch.dtype, device: torch.device,
+    grad: bool, rtol: float, timeout: float | None,
+) -> list[Comparison]:
+    """One call of ``fn`` (and one backward) on a golden file's inputs; one comparison per array."""
+    from . import oracle
+
+    inputs = [torch.from_numpy(arrays[k]).to(device).requires_grad_(grad) for k in ("x", "B", "A", "sigma")]
+    before = [t.detach().clone() for t in inputs]
+    y = oracle._call("the implementation", timeout, lambda: fn(*inputs))
+    oracle._check_output("the output y", y, tuple(arrays["y"].shape), inputs[0])
+    oracle._check_unchanged(inputs, before, 0)
+    got = {"y": y}
+    if grad:
+        if not y.requires_grad:
+            raise oracle._Misbehaved("the output does not require grad: fn detached it or ran under no_grad")
+        g = torch.from_numpy(arrays["g"]).to(device)
+        grads = oracle._call("backward through the implementation", timeout,
+                             lambda: torch.autograd.grad(y, inputs, g, allow_unused=True))
+        for name, t, gr in zip(("x", "B", "A", "sigma"), inputs, grads):
+            if gr is None:
+                raise oracle._Misbehaved(f"the gradient w.r.t. {name} is None: y does not depend on {name}")
+            oracle._check_output(f"the gradient w.r.t. {name}", gr, tuple(t.shape), t)
+            got[f"grad {name}"] = gr
+    out = []
+    for quantity in QUANTITIES if grad else QUANTITIES[:1]:
+        want = arrays[quantity.replace(" ", "_")]
+        error, index, got_value, true_value = oracle._max_abs_error(got[quantity], want)
+        max_truth = float(np.abs(want).max()) if want.size else 0.0
+        rule = f"golden {dtype_name(dtype)}: {rtol:g} x max |truth| {max_truth:.3e}"
+        out.append(Comparison(case, dtype, quantity, error, max_truth, None, rtol * max_truth, rule, index,
+                              got_value, true_value))
+    return out

@@ -1,5 +1,5 @@
-"""What the oracle hands back: one :class:`Comparison` per checked quantity, an :class:`OracleReport`
-on success, an :class:`OracleFailure` (an ``AssertionError``) on the first failure."""
+"""What the oracle hands back: one [`Comparison`][bora_ref.testing.Comparison] per checked quantity, an [`OracleReport`][bora_ref.testing.OracleReport]
+on success, an [`OracleFailure`][bora_ref.testing.OracleFailure] (an ``AssertionError``) on failure."""
 
 from __future__ import annotations
 
@@ -42,11 +42,20 @@ class Comparison:
         max_abs_truth: ``max |truth|``.
         naive_error: ``max |baseline - truth|`` of the naive same-dtype torch baseline (``None`` in
             float64, whose tolerance is relative).
-        tolerance: the allowed ``max_abs_error`` (see :func:`bora_ref.testing.check_implementation`).
+        tolerance: the allowed ``max_abs_error`` (see [`bora_ref.testing.check_implementation`][bora_ref.testing.check_implementation]).
         rule: how ``tolerance`` was computed, in words with numbers.
         index: where the largest error is (``()`` for an empty tensor).
         got_value: the implementation's value there.
         true_value: the truth there.
+        call: which of the oracle's calls on the case (``0`` first, ``1`` second, on fresh inputs).
+
+    Examples:
+        >>> from bora_ref import torch_ref
+        >>> from bora_ref.testing import check_implementation, get_case
+        >>> report = check_implementation(torch_ref.bora_matmul, cases=[get_case("even-square")])
+        >>> worst = max(report.comparisons, key=lambda c: c.ratio)  # error / tolerance
+        >>> worst.passed, worst.ratio < 1
+        (True, True)
     """
 
     case: OracleCase
@@ -60,6 +69,7 @@ class Comparison:
     index: tuple[int, ...]
     got_value: float
     true_value: float
+    call: int = 0
 
     @property
     def relative_error(self) -> float:
@@ -91,13 +101,20 @@ def _ratio(num: float, den: float) -> float:
 
 @dataclass(frozen=True)
 class OracleReport:
-    """Everything :func:`~bora_ref.testing.check_implementation` compared, in order.
+    """Everything [`check_implementation`][bora_ref.testing.check_implementation] compared, in order.
 
     Attributes:
         comparisons: one per (case, dtype, quantity) checked.
         device: the device the implementation ran on.
         grad: whether gradients were checked.
         seed: the seed of the inputs.
+
+    Examples:
+        >>> from bora_ref import torch_ref
+        >>> from bora_ref.testing import check_implementation, get_case
+        >>> report = check_implementation(torch_ref.bora_matmul, cases=[get_case("uneven-tall")], grad=True)
+        >>> sorted({c.quantity for c in report.comparisons})
+        ['grad A', 'grad B', 'grad sigma', 'grad x', 'y']
     """
 
     comparisons: tuple[Comparison, ...]
@@ -129,14 +146,14 @@ class OracleReport:
     def table(self) -> str:
         """One line per (case, dtype): shapes, the quantity closest to its tolerance, error, ratio."""
         lines = [
-            f"{'case':<18} {'dtype':<9} {'m':>4} {'n':>4} {'r':>3} {'b':>3} {'x shape':<11} "
+            f"{'case':<18} {'dtype':<9} {'m':>4} {'n':>4} {'r':>3} {'b':>3} {'x shape':<14} "
             f"{'worst':<10} {'max abs err':>11} {'tolerance':>10} {'ratio':>7}  result"
         ]
         for (case, dtype), mine in self._runs.items():
             worst = max(mine, key=lambda c: c.ratio)
             lines.append(
                 f"{case.name:<18} {dtype_name(dtype):<9} {case.m:>4} {case.n:>4} {case.r:>3} {case.b:>3} "
-                f"{str(case.x_shape):<11} {worst.quantity:<10} {worst.max_abs_error:>11.2e} "
+                f"{str(case.x_shape):<14} {worst.quantity:<10} {worst.max_abs_error:>11.2e} "
                 f"{worst.tolerance:>10.2e} {_short(worst.ratio):>7}  {'ok' if all(c.passed for c in mine) else 'FAIL'}"
             )
         return "\n".join(lines)
@@ -151,16 +168,34 @@ class OracleReport:
 
 
 class OracleFailure(AssertionError):
-    """The first failing case. ``str(exc)`` says what failed and how to replay it.
+    """A failing run (the first one, or with ``collect=True`` all of them). ``str(exc)`` says what failed
+    and how to replay it; an exception raised by the implementation is chained as ``__cause__``.
 
     Attributes:
-        case: the failing case.
+        case: the (first) failing case.
         dtype: its dtype.
-        report: the comparisons made before (and including) the failure.
+        report: the comparisons made before (and including) the failure; with ``collect=True``, all.
+        failures: every failure, each an [`OracleFailure`][bora_ref.testing.OracleFailure] of its own (just ``(self,)`` when the
+            oracle stopped at the first).
+
+    Examples:
+        >>> from bora_ref import torch_ref
+        >>> from bora_ref.testing import OracleFailure, check_implementation, get_case
+        >>> def one_percent_off(x, B, A, sigma):
+        ...     return 1.01 * torch_ref.bora_matmul(x, B, A, sigma)
+        >>> try:
+        ...     check_implementation(one_percent_off, cases=[get_case("even-square")])
+        ... except OracleFailure as failure:
+        ...     print(failure.case.name, failure.dtype)
+        even-square torch.float64
     """
 
-    def __init__(self, message: str, case: OracleCase, dtype: torch.dtype, report: OracleReport) -> None:
+    def __init__(
+        self, message: str, case: OracleCase, dtype: torch.dtype, report: OracleReport,
+        failures: tuple[OracleFailure, ...] | None = None,
+    ) -> None:
         super().__init__(message)
         self.case = case
         self.dtype = dtype
         self.report = report
+        self.failures = failures if failures is not None else (self,)

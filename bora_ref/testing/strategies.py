@@ -1,26 +1,29 @@
 """Hypothesis strategies for valid BoRA shapes, factors and inputs, for property tests in any project.
 
-Shapes use DESIGN.md's names: ``(m, n, r, b)`` with ``B (m, r)``, ``A (r, n)``,
+Shapes are named as everywhere in bora_ref: ``(m, n, r, b)`` with ``B (m, r)``, ``A (r, n)``,
 ``sigma (b, b, r)``, ``x (..., n)`` and ``1 <= b <= min(m, n)``.
 
-- :func:`shapes`: valid ``(m, n, r, b)``, optionally only even or only uneven splits;
-- :func:`factors`: ``(B, A, sigma)`` as NumPy arrays or torch tensors of a chosen dtype, either
+- [`shapes`][bora_ref.testing.strategies.shapes]: valid ``(m, n, r, b)``, optionally only even or only uneven splits;
+- [`factors`][bora_ref.testing.strategies.factors]: ``(B, A, sigma)`` as NumPy arrays or torch tensors of a chosen dtype, either
   Gaussian from a drawn seed (generic: attains every rank bound) or drawn element by element
   (``elements=float_elements()``: hypothesis shrinks them to simple values);
-- :func:`bora_inputs`: complete ``(x, B, A, sigma)``;
-- :func:`oracle_cases`: :class:`~bora_ref.testing.OracleCase` objects, to drive
-  :func:`~bora_ref.testing.check_implementation` from hypothesis.
+- [`bora_inputs`][bora_ref.testing.strategies.bora_inputs]: complete ``(x, B, A, sigma)``;
+- [`oracle_cases`][bora_ref.testing.strategies.oracle_cases]: [`OracleCase`][bora_ref.testing.OracleCase] objects, to drive
+  [`check_implementation`][bora_ref.testing.check_implementation] from hypothesis.
 
-Example:
-    >>> import torch
-    >>> from hypothesis import given
-    >>> from bora_ref import numpy_ref
+Examples:
+    A property test of a kernel (here `torch_ref.bora_matmul`) against the NumPy reference:
+
+    >>> import numpy as np, torch
+    >>> from hypothesis import given, settings
+    >>> from bora_ref import numpy_ref, torch_ref
     >>> from bora_ref.testing import strategies as bst
-    >>> @given(bst.bora_inputs(backend="torch", dtype=torch.float64))
+    >>> @settings(max_examples=10, deadline=None, database=None)
+    ... @given(bst.bora_inputs(backend="torch", dtype=torch.float64))
     ... def test_my_kernel(inputs):
-    ...     x, B, A, sigma = inputs
     ...     expected = numpy_ref.bora_matmul(*(t.numpy() for t in inputs))
-    ...     ...
+    ...     np.testing.assert_allclose(torch_ref.bora_matmul(*inputs).numpy(), expected, rtol=1e-9, atol=1e-9)
+    >>> test_my_kernel()  # pytest calls it for you; hypothesis draws 10 inputs
 """
 
 from __future__ import annotations
@@ -112,12 +115,12 @@ def factors(
     small, simple values.
 
     Args:
-        shape: a fixed :class:`BoRAShape`; drawn from :func:`shapes` when ``None``.
+        shape: a fixed [`BoRAShape`][bora_ref.testing.strategies.BoRAShape]; drawn from [`shapes`][bora_ref.testing.strategies.shapes] when ``None``.
         backend: ``"numpy"`` or ``"torch"``.
         dtype: a NumPy dtype (``backend="numpy"``) or torch dtype (``"torch"``); values are drawn
             in float64 and rounded to it.
         scale: standard deviation of the Gaussian entries (ignored with ``elements``).
-        elements: ``None`` or a strategy of floats, e.g. :func:`float_elements`.
+        elements: ``None`` or a strategy of floats, e.g. [`float_elements`][bora_ref.testing.strategies.float_elements].
         device: torch device of the tensors (``backend="torch"`` only; default CPU).
 
     Raises:
@@ -157,12 +160,16 @@ def bora_inputs(
     """Complete ``(x, B, A, sigma)``: ``x (..., n)`` with 0 to ``max_batch_dims`` leading dimensions.
 
     Args:
-        shape, backend, dtype, elements, device: as in :func:`factors` (``x`` is Gaussian with
-            standard deviation 1, or drawn from ``elements``).
+        shape: as in [`factors`][bora_ref.testing.strategies.factors] (default: drawn by [`shapes`][bora_ref.testing.strategies.shapes]).
+        backend: as in [`factors`][bora_ref.testing.strategies.factors].
+        dtype: as in [`factors`][bora_ref.testing.strategies.factors].
+        elements: as in [`factors`][bora_ref.testing.strategies.factors]; ``x`` is drawn from it too (default: Gaussian with
+            standard deviation 1).
+        device: as in [`factors`][bora_ref.testing.strategies.factors].
         max_batch_dims: most leading dimensions of ``x``, each of size 1 to 4.
 
     Raises:
-        BoRAValueError: as :func:`factors`.
+        BoRAValueError: as [`factors`][bora_ref.testing.strategies.factors].
     """
     shape = shape if shape is not None else draw(shapes())
     B, A, sigma = draw(factors(shape, backend=backend, dtype=dtype, elements=elements, device=device))
@@ -174,12 +181,17 @@ def bora_inputs(
 
 @st.composite
 def oracle_cases(draw: Any, *, max_dim: int = 24, max_r: int = 8, max_batch_dims: int = 2) -> OracleCase:
-    """An :class:`~bora_ref.testing.OracleCase` with drawn shape, leading dimensions, layout and factor kind.
+    """An [`OracleCase`][bora_ref.testing.OracleCase] with drawn shape, leading dimensions, layout and factor kind.
 
-    Example:
-        >>> @given(bst.oracle_cases())
+    Examples:
+        >>> from hypothesis import given, settings
+        >>> from bora_ref import torch_ref
+        >>> from bora_ref.testing import check_implementation, strategies as bst
+        >>> @settings(max_examples=3, deadline=None, database=None)
+        ... @given(bst.oracle_cases())
         ... def test_my_kernel_on_drawn_cases(case):
-        ...     check_implementation(my_kernel, cases=[case])
+        ...     check_implementation(torch_ref.bora_matmul, cases=[case])
+        >>> test_my_kernel_on_drawn_cases()
     """
     m, n, r, b = draw(shapes(max_dim=max_dim, max_r=max_r))
     lead = tuple(draw(st.lists(st.integers(0, 4), max_size=max_batch_dims), label="lead"))

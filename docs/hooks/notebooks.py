@@ -21,7 +21,7 @@ NOTEBOOK_DIR = "notebooks"  # relative to mkdocs.yml
 
 @event_priority(100)
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    root = Path(config.config_file_path).parent
+    root = Path(config.docs_dir).parent  # the repository root (docs_dir is <root>/docs)
     for path in sorted((root / NOTEBOOK_DIR).glob("*.ipynb")):
         src_uri = path.relative_to(root).as_posix()  # "notebooks/01_....ipynb"
         files.append(File(src_uri, src_dir=str(root), dest_dir=config.site_dir, use_directory_urls=config.use_directory_urls))

@@ -17,7 +17,7 @@ def _uneven(case):
 
 def test_default_cases_cover_what_the_oracle_promises():
     cases = DEFAULT_CASES
-    assert len({c.name for c in cases}) == len(cases) == 23
+    assert len({c.name for c in cases}) == len(cases) == 29
     even = [c for c in cases if not _uneven(c) and c.b > 1]
     uneven = [c for c in cases if _uneven(c)]
     for group in (even, uneven):  # tall, wide and square in both
@@ -25,9 +25,11 @@ def test_default_cases_cover_what_the_oracle_promises():
     assert any(c.m % c.b and not c.n % c.b for c in cases) and any(c.n % c.b and not c.m % c.b for c in cases)
     assert any(c.r > min(block_sizes(c.m, c.b) + block_sizes(c.n, c.b)) for c in cases)  # r larger than a block
     assert any(c.b == 1 for c in cases) and any(c.b == min(c.m, c.n) > 1 for c in cases)
-    assert {len(c.lead) for c in cases} == {0, 1, 2} and any(0 in c.lead for c in cases)
+    assert {len(c.lead) for c in cases} == {0, 1, 2, 3, 4} and any(0 in c.lead for c in cases)
+    assert any(c.lead == (1,) for c in cases) and any(c.lead == (1, 1) for c in cases)  # decode steps
+    assert any(c.n // c.b >= 1024 and c.factors == "positive" for c in cases)  # a long positive reduction
     assert {c.layout for c in cases} == {"contiguous", "x-transposed", "x-strided", "factors-permuted"}
-    assert {c.factors for c in cases} == {"gaussian", "zero-B", "zero-sigma", "large"}
+    assert {c.factors for c in cases} == {"gaussian", "zero-B", "zero-sigma", "large", "positive"}
     assert any(min(c.m, c.n) > 64 and c.r > 16 for c in cases)  # beyond one GPU tile
 
 
@@ -64,6 +66,17 @@ def test_make_inputs_shapes_layouts_and_values(name):
         assert sigma.stride() == (1, case.b, case.b * case.b)  # buffer (r, b, b), index i fastest
 
 
+def test_second_call_draws_other_values_of_the_same_shapes():
+    case = get_case("x-4d")
+    first, second = case_values(case, torch.float32, 3), case_values(case, torch.float32, 3, call=1)
+    for key in first:
+        assert first[key].shape == second[key].shape and not np.array_equal(first[key], second[key]), key
+    x1 = make_inputs(case, torch.float32, "cpu", seed=3, call=1)[0]
+    np.testing.assert_array_equal(x1.double().numpy(), second["x"])
+    with pytest.raises(ValueError, match=r"call must be 0 \(the first call\) or 1 \(the second\), got 2"):
+        case_values(case, torch.float32, 3, call=2)
+
+
 def test_factor_kinds():
     dtype = torch.float64
     assert not case_values(get_case("zero-B"), dtype, 0)["B"].any()
@@ -74,6 +87,8 @@ def test_factor_kinds():
     assert np.abs(large["B"]).max() > torch.finfo(torch.float32).max
     large_bf16 = case_values(get_case("large-factors"), torch.bfloat16, 0)
     assert np.isfinite(large_bf16["B"]).all() and np.abs(large_bf16["B"]).max() > 1e4
+    positive = case_values(get_case("long-n-positive"), dtype, 0)
+    assert all((v >= 0).all() and v.any() for v in positive.values())
 
 
 @pytest.mark.parametrize(

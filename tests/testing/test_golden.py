@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import shutil
 
@@ -87,3 +88,69 @@ def test_bad_requests_are_rejected():
         load_golden("nope.npz")
     with pytest.raises(ValueError, match=r"dtype must have a NumPy equivalent for .npy files, got torch.bfloat16"):
         golden_arrays(get_case("b=1"), torch.bfloat16)
+
+
+def test_check_golden_passes_correct_kernels_and_fails_planted_bugs():
+    from bora_ref import torch_ref
+    from bora_ref.testing import GOLDEN_RTOL, OracleFailure, check_golden
+
+    from . import kernels
+
+    for fn in (torch_ref.bora_matmul, kernels.loop_bora_matmul, kernels.custom_backward_bora_matmul):
+        report = check_golden(fn)
+        assert report.cases_run == len(GOLDEN_CASES) and len(report.comparisons) == 5 * len(GOLDEN_CASES)
+        assert all(c.passed for c in report.comparisons)
+        assert all(c.tolerance == GOLDEN_RTOL[str(c.dtype).removeprefix("torch.")] * c.max_abs_truth
+                   for c in report.comparisons)
+    with pytest.raises(OracleFailure) as info:
+        check_golden(kernels.sigma_transposed)
+    assert str(info.value).startswith(f"bora_ref golden: {len(GOLDEN_CASES) - 0} of {len(GOLDEN_CASES)} golden files failed")
+    # a gradient-only bug: passes the forward, fails with the (default) gradients
+    check_golden(kernels.wrong_sigma_grad, grad=False)
+    with pytest.raises(OracleFailure, match=r"the gradient w.r.t. sigma differs from the float64 NumPy reference"):
+        check_golden(kernels.wrong_sigma_grad)
+    # a float32 detour fails exactly the float64 files
+    with pytest.raises(OracleFailure) as info:
+        check_golden(kernels.float32_roundtrip)
+    failed = re.findall(r"^  (\S+\.npz): ", str(info.value), re.M)
+    assert failed == [e["file"] for e in read_manifest()["files"] if e["dtype"] == "float64"]
+    with pytest.raises(OracleFailure, match=r"x-4d-float64.npz: the output y has shape \(2, 12, 10\)"):
+        check_golden(kernels.keeps_first_leading_dim)
+    with pytest.raises(OracleFailure, match=r"raised SystemExit") as info:
+        check_golden(kernels.exits, files=["x-4d-float64.npz"])
+    assert isinstance(info.value.__cause__, SystemExit)
+
+
+def test_check_golden_replay_line_runs_one_file():
+    from bora_ref.testing import OracleFailure, check_golden
+
+    from . import kernels
+
+    with pytest.raises(OracleFailure) as info:
+        check_golden(kernels.keeps_first_leading_dim)
+    line = re.search(r"replay: (.*)$", str(info.value), re.M).group(1)
+    with pytest.raises(OracleFailure) as again:
+        exec(line, {})
+    assert str(again.value).startswith("bora_ref golden: 1 of 1 golden files failed")
+
+
+def test_check_golden_refuses_bad_directories_and_arguments(tmp_path):
+    from bora_ref import torch_ref
+    from bora_ref.testing import check_golden
+
+    with pytest.raises(ValueError, match=r"directory must be an existing directory of golden files"):
+        check_golden(torch_ref.bora_matmul, directory=tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"directory must hold a manifest.json"):
+        check_golden(torch_ref.bora_matmul, directory=tmp_path)
+    (tmp_path / "manifest.json").write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"must be valid JSON"):
+        check_golden(torch_ref.bora_matmul, directory=tmp_path)
+    with pytest.raises(ValueError, match=r"files must name golden files of .* got 'nope.npz'"):
+        check_golden(torch_ref.bora_matmul, files=["nope.npz"])
+    with pytest.raises(ValueError, match=r"grad must be True or False, got 'yes'"):
+        check_golden(torch_ref.bora_matmul, grad="yes")
+    tampered = tmp_path / "t"
+    shutil.copytree(golden_dir(), tampered)
+    (tampered / "x-4d-float64.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"must hold intact golden files; verification found: x-4d-float64.npz"):
+        check_golden(torch_ref.bora_matmul, directory=tampered)

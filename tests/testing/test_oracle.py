@@ -10,6 +10,7 @@ import torch
 
 from bora_ref import numpy_ref, torch_ref
 from bora_ref.testing import (
+    CALLS_PER_CASE,
     DEFAULT_CASES,
     DEFAULT_FLOOR,
     DEFAULT_K,
@@ -28,8 +29,8 @@ THREE = (torch.float64, torch.float32, torch.bfloat16)
 def test_torch_ref_passes_in_three_dtypes_with_grads():
     report = check_implementation(torch_ref.bora_matmul, grad=True)
     assert report.cases_run == 3 * len(DEFAULT_CASES)
-    # output and four gradients for every case and dtype
-    assert len(report.comparisons) == 5 * 3 * len(DEFAULT_CASES)
+    # output and four gradients for every case and dtype, on each of the two calls
+    assert len(report.comparisons) == 5 * 3 * len(DEFAULT_CASES) * CALLS_PER_CASE == 5 * 3 * 29 * 2
     assert set(report.worst_ratio) == set(THREE)
     assert all(0 <= v <= 1 for v in report.worst_ratio.values())
     assert all(c.passed for c in report.comparisons)
@@ -44,16 +45,20 @@ def test_independent_kernel_passes_in_four_dtypes():
 
 # (kernel, first failing case, its dtype, what the message must say)
 PLANTED = [
-    (kernels.sigma_transposed, "even-square", torch.float64, r"the output y differs from the float64 NumPy reference"),
-    (kernels.sigma_ignored, "even-square", torch.float64, r"the output y differs"),
-    (kernels.remainder_last, "uneven-square", torch.float64, r"the output y differs"),
-    (kernels.proportional_blocks, "uneven-rows-only", torch.float64, r"the output y differs"),
+    (kernels.sigma_transposed, "even-square", torch.float64,
+     r"the output y of the first call differs from the float64 NumPy reference"),
+    (kernels.sigma_ignored, "even-square", torch.float64, r"the output y of the first call differs"),
+    (kernels.remainder_last, "uneven-square", torch.float64, r"the output y of the first call differs"),
+    (kernels.proportional_blocks, "uneven-rows-only", torch.float64, r"the output y of the first call differs"),
     (kernels.float32_roundtrip, "even-square", torch.float64, r"relative error 1\.\d+e-07, tolerance"),
-    (kernels.flattens_leading_dims, "x-vector", torch.float64, r"the output y has shape \(1, 10\), expected \(10,\)"),
-    (kernels.writes_into_input, "even-square", torch.float64, r"wrote into its input B \(64 of 64 entries changed\)"),
-    (kernels.ignores_strides, "x-transposed", torch.float64, r"the output y differs"),
+    (kernels.flattens_leading_dims, "x-vector", torch.float64,
+     r"the output y of the first call has shape \(1, 10\), expected \(10,\)"),
+    (kernels.writes_into_input, "even-square", torch.float64,
+     r"\(first call\) wrote into its input B \(64 of 64 entries changed\)"),
+    (kernels.ignores_strides, "x-transposed", torch.float64, r"the output y of the first call differs"),
     (kernels.bfloat16_via_float16, "large-factors", torch.bfloat16, r"max abs error nan .*got nan"),
-    (kernels.rejects_uneven, "uneven-square", torch.float64, r"raised NotImplementedError: uneven blocks are not supported"),
+    (kernels.rejects_uneven, "uneven-square", torch.float64,
+     r"\(first call\) raised NotImplementedError: uneven blocks are not supported"),
     (kernels.always_float32, "even-square", torch.float64, r"has dtype float32 for float64 inputs"),
 ]
 
@@ -72,7 +77,7 @@ def test_planted_bug_is_rejected_at_its_first_failing_case(fn, case, dtype, prob
 @pytest.mark.parametrize("fn", [kernels.sigma_transposed, kernels.sigma_ignored, kernels.remainder_last])
 def test_logic_bugs_are_caught_by_low_precision_checks_alone(fn, dtype):
     # The floor must not be so loose that a float32- or bfloat16-only code path could hide a logic bug.
-    with pytest.raises(OracleFailure, match=r"the output y differs from the float64 NumPy reference"):
+    with pytest.raises(OracleFailure, match=r"the output y of the first call differs from the float64 NumPy reference"):
         check_implementation(fn, dtypes=[dtype])
 
 
@@ -92,10 +97,10 @@ def test_large_factors_case_is_what_catches_a_float16_detour():
 
 def test_gradient_bugs_need_grad_true():
     check_implementation(kernels.wrong_sigma_grad, dtypes=[torch.float64])  # forward is right
-    with pytest.raises(OracleFailure, match=r"the gradient w.r.t. sigma differs from the float64 NumPy reference") as info:
+    with pytest.raises(OracleFailure, match=r"the gradient w.r.t. sigma of the first call differs from the float64") as info:
         check_implementation(kernels.wrong_sigma_grad, grad=True)
     assert info.value.case.name == "even-square"
-    with pytest.raises(OracleFailure, match=r"the output does not require grad"):
+    with pytest.raises(OracleFailure, match=r"the output of the first call does not require grad"):
         check_implementation(kernels.detached, grad=True)
     with pytest.raises(OracleFailure, match=r"the gradient w.r.t. sigma is None"):
         check_implementation(kernels.sigma_ignored, grad=True)
@@ -108,22 +113,28 @@ def test_failure_message_names_everything_needed():
         check_implementation(kernels.remainder_last, seed=5)
     msg = str(info.value)
     for part in [
-        "case 'uneven-square' failed in float64 on cpu (seed 5, grad=False; 3 case/dtype pairs passed before it)",
+        "case 'uneven-square' failed in float64 on cpu (seed 5, grad=False; 3 case/dtype runs passed before it)",
         "x (6, 11), B (11, 3), A (3, 11), sigma (3, 3, 3) -> y (6, 11)",
         "m=11, n=11, r=3, b=3, row blocks (4, 4, 3), column blocks (4, 4, 3)",
         "layout contiguous, factors gaussian",
         "max abs error", "relative error", "tolerance", "float64: 1e-10 x max |truth|",
-        "replay: import torch; from bora_ref.testing import check_implementation; "
+        "row block", "of ΔW)",
+        "replay (with the run before it, in case fn keeps state between calls): import torch; from bora_ref.testing "
+        "import check_implementation; from tests.testing.kernels import remainder_last as fn; check_implementation(fn, "
+        "before=[('even-wide', torch.float64)], cases=['uneven-square'], dtypes=[torch.float64], device='cpu', "
+        "grad=False, seed=5)",
+        "this case alone: import torch; from bora_ref.testing import check_implementation; "
         "from tests.testing.kernels import remainder_last as fn; check_implementation(fn, cases=['uneven-square'], "
         "dtypes=[torch.float64], device='cpu', grad=False, seed=5)",
     ]:
         assert part in msg, (part, msg)
     # the partial report holds what ran before the failure
-    assert [c.case.name for c in info.value.report.comparisons][:3] == ["even-square", "even-tall", "even-wide"]
+    ran = list(dict.fromkeys(c.case.name for c in info.value.report.comparisons))
+    assert ran == ["even-square", "even-tall", "even-wide", "uneven-square"]  # and the failing run itself
 
 
 def _replay(message: str, namespace: dict) -> OracleFailure:
-    snippet = re.search(r"replay: (?:\(with fn = your implementation\) )?(.*)$", message, re.M).group(1)
+    snippet = re.search(r"^  replay(?: \([^)]*\))?: (?:\(with fn = your implementation\) )?(.*)$", message, re.M).group(1)
     with pytest.raises(OracleFailure) as info:
         exec(snippet, namespace)
     return info.value
@@ -159,7 +170,7 @@ def test_replay_of_a_local_function_and_a_custom_case():
     with pytest.raises(OracleFailure) as first:
         check_implementation(local_kernel, cases=[case], dtypes=[torch.float32])
     msg = str(first.value)
-    assert "replay: (with fn = your implementation) import torch; from bora_ref.testing import check_implementation, OracleCase;" in msg
+    assert "  replay: (with fn = your implementation) import torch; from bora_ref.testing import check_implementation, OracleCase;" in msg
     assert repr(case) in msg
     again = _replay(msg, {"fn": local_kernel})
     assert again.case == case and _problem(str(again)) == _problem(msg)
@@ -189,7 +200,7 @@ def test_tolerance_boundary_is_where_the_docstring_puts_it(dtype):
         eps = torch.finfo(dtype).eps
         assert clean.tolerance > DEFAULT_K * clean.naive_error
         assert clean.naive_error > 0 and clean.max_abs_error <= eps * clean.max_abs_truth  # rounding y only
-        assert f"{DEFAULT_K:g} x naive float32 baseline error" in clean.rule and f"+ {DEFAULT_FLOOR:g} x eps" in clean.rule
+        assert f"{DEFAULT_K:g} x naive float32 baseline error" in clean.rule and f"+ {DEFAULT_FLOOR:g} x (eps" in clean.rule
     check_implementation(_Perturbed(0.5 * clean.tolerance), cases=case, dtypes=[dtype])
     with pytest.raises(OracleFailure, match=r"max abs error .* at index \(0, 0\)"):
         check_implementation(_Perturbed(2.0 * clean.tolerance), cases=case, dtypes=[dtype])
@@ -197,7 +208,7 @@ def test_tolerance_boundary_is_where_the_docstring_puts_it(dtype):
 
 def test_report_summary_and_table():
     report = check_implementation(torch_ref.bora_matmul, dtypes=[torch.float64, torch.bfloat16], cases=["b=1", "x-3d"])
-    assert report.cases_run == 4 and len(report.comparisons) == 4
+    assert report.cases_run == 4 and len(report.comparisons) == 4 * CALLS_PER_CASE
     assert str(report).startswith("4 case/dtype runs on cpu (outputs, seed 0), all passed; worst error/tolerance: float64 ")
     lines = report.table().splitlines()
     assert lines[0].split()[:3] == ["case", "dtype", "m"]
@@ -214,8 +225,11 @@ def test_inputs_are_identical_whatever_the_case_order():
 
     check_implementation(spy, cases=["b=1", "x-3d"], dtypes=[torch.float32], seed=7)
     check_implementation(spy, cases=["x-3d", "b=1"], dtypes=[torch.float32], seed=7)
-    for a, b in zip(seen[0] + seen[1], seen[3] + seen[2]):
+    assert len(seen) == 8  # two calls per case
+    for a, b in zip(seen[0] + seen[1] + seen[2] + seen[3], seen[6] + seen[7] + seen[4] + seen[5]):
         assert torch.equal(a, b)
+    # the two calls of a case get different values of the same shapes
+    assert all(a.shape == b.shape and not torch.equal(a, b) for a, b in zip(seen[0], seen[1]))
 
 
 @pytest.mark.parametrize(
@@ -240,7 +254,7 @@ def test_bad_arguments_are_rejected(kwargs, match):
 
 
 def test_non_tensor_output_and_wrong_device_are_reported():
-    with pytest.raises(OracleFailure, match=r"the output y is a ndarray, not a torch.Tensor"):
+    with pytest.raises(OracleFailure, match=r"the output y of the first call is a ndarray, not a torch.Tensor"):
         check_implementation(lambda x, B, A, s: np.zeros(x.shape[:-1] + (B.shape[0],)), dtypes=[torch.float64])
-    with pytest.raises(OracleFailure, match=r"the output y is on device meta for inputs on cpu"):
+    with pytest.raises(OracleFailure, match=r"the output y of the first call is on device meta for inputs on cpu"):
         check_implementation(lambda x, B, A, s: torch_ref.bora_matmul(x, B, A, s).to("meta"), dtypes=[torch.float64])

@@ -60,3 +60,12 @@ def test_naive_baseline_is_correct_in_float64(rng):
     args = [torch.from_numpy(v[k]) for k in ("x", "B", "A", "sigma")]
     np.testing.assert_allclose(naive_bora_matmul(*args).numpy(), numpy_ref.bora_matmul(v["x"], v["B"], v["A"], v["sigma"]),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_term_counts_count_the_products_in_each_entry(rng):
+    from bora_ref.testing._truth import term_counts
+
+    m, n, r, b, lead = 11, 7, 3, 3, (2, 5)  # blocks of 4, 4, 3 rows and 3, 2, 2 columns; N = 10 rows of x
+    counts = term_counts(_values(rng, m, n, r, b, lead), grad=True)
+    # y: n r products; grad x: m r; grad B: N n; grad A: N m; grad sigma: N m_i n_j for the largest block
+    assert counts == {"y": n * r, "grad x": m * r, "grad B": 10 * n, "grad A": 10 * m, "grad sigma": 10 * 4 * 3}
