@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._validation import BoRAValueError, check_int
 
-__all__ = ["MAX_LISTED_BLOCKS", "block_sizes", "block_slices"]
+__all__ = ["block_sizes", "block_slices"]
 
 MAX_LISTED_BLOCKS = 2**24
 """The most blocks [`block_sizes`][bora_ref.block_sizes] lists (a tuple of ``b`` ints costs about ``36 b`` bytes)."""
@@ -28,7 +28,7 @@ def block_sizes(dim: int, b: int) -> tuple[int, ...]:
 
     Raises:
         ValueError: if ``dim`` or ``b`` is not an integer, ``dim < 1``, ``b < 1``, ``b > dim`` or
-            ``b >`` [`MAX_LISTED_BLOCKS`][bora_ref.partition.MAX_LISTED_BLOCKS].
+            ``b >`` ``MAX_LISTED_BLOCKS`` (2**24: the tuple alone would take gigabytes).
 
     Examples:
         >>> block_sizes(10, 4)

@@ -193,7 +193,8 @@ print(f"raw σ: mean |σ| = {sig.abs().mean():.3f}, entries in [{sig.min():.2f},
 #
 # Every Σ of this parameterisation is positive, and $\mathrm{mean}|\ln \Sigma| =
 # \mathrm{mean}|\sigma| / \mathrm{mean}|\sigma| = 1$ for every $\sigma \ne 0$. So two updates are
-# out of reach: LoRA itself (all $\Sigma_{ij} = 1$ would need mean $|\ln \Sigma| = 0$), and a
+# out of reach: the point Σ ≡ 1 itself (it would need mean $|\ln \Sigma| = 0$; LoRA *updates*
+# stay reachable, since $\sigma = c \cdot 1$ gives $\Sigma = e \cdot 1$ and $\Delta W = e\,BA$), and a
 # block-diagonal Σ (zero off-diagonal blocks). Try to get the second anyway: with $b = 3$, put
 # $\sigma = 0$ on the diagonal blocks and $\sigma = -t$ off them. How small do the off-diagonal
 # Σ get as $t \to \infty$?

@@ -241,7 +241,8 @@ assert numpy_rule32 == numerical_rank(stored32) == bound and float64_rule32 == m
 
 # %%
 def numerical_rank_of(S_):
-    """Rank from singular values with the default rule for exact factors: s_1 max(m, n) eps_64."""
+    """Rank from singular values with NumPy's relative rule s_1 max(m, n) eps_64 (the library's
+    factor default uses the larger ‖|P||S||Q|‖_F max(m, n) eps_64, see the theory page)."""
     return int((S_ > S_[0] * max(m, n) * EPS64).sum())
 
 
