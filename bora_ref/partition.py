@@ -6,6 +6,9 @@ then blocks of size ``d // b``. Every module that needs block boundaries asks th
 
 from __future__ import annotations
 
+import itertools
+from typing import NamedTuple
+
 from ._validation import BoRAValueError, check_int
 
 __all__ = ["block_sizes", "block_slices"]
@@ -53,3 +56,29 @@ def block_slices(dim: int, b: int) -> tuple[slice, ...]:
         slices.append(slice(start, start + size))
         start += size
     return tuple(slices)
+
+
+class BlockRun(NamedTuple):
+    """``count`` consecutive equal blocks of ``size`` rows/columns: blocks ``first..first+count-1``, from ``offset``."""
+
+    first: int
+    count: int
+    size: int
+    offset: int
+
+
+def block_runs(dim: int, b: int) -> tuple[BlockRun, ...]:
+    """The array_split blocks of ``dim`` as at most two runs of equal blocks (one when ``b`` divides ``dim``).
+
+    Fast paths use it to batch all equal-sized blocks into one call.
+
+    Examples:
+        >>> block_runs(10, 4)
+        (BlockRun(first=0, count=2, size=3, offset=0), BlockRun(first=2, count=2, size=2, offset=6))
+    """
+    runs, first, offset = [], 0, 0
+    for size, group in itertools.groupby(block_sizes(dim, b)):
+        count = len(list(group))
+        runs.append(BlockRun(first, count, size, offset))
+        first, offset = first + count, offset + count * size
+    return tuple(runs)

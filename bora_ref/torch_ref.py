@@ -20,13 +20,12 @@ data-dependent check would force a device sync on every forward.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from ._validation import BoRAValueError, check_b, check_factors, check_int, check_same_dtype_device, check_x
-from .partition import block_sizes
+from .partition import block_runs, block_sizes
 
 __all__ = ["delta_weight", "bora_matmul", "choose_strategy", "STRATEGIES"]
 
@@ -196,23 +195,7 @@ def _bora_matmul(
     return y.reshape(*x.shape[:-1], m)
 
 
-class _Run(NamedTuple):
-    """``count`` consecutive equal blocks of ``size`` rows/columns: blocks ``first..first+count-1``, from ``offset``."""
-
-    first: int
-    count: int
-    size: int
-    offset: int
-
-
-def _runs(dim: int, b: int) -> tuple[_Run, ...]:
-    """The array_split blocks of ``dim`` as at most two runs of equal blocks (one when ``b`` divides ``dim``)."""
-    runs, first, offset = [], 0, 0
-    for size, group in itertools.groupby(block_sizes(dim, b)):
-        count = len(list(group))
-        runs.append(_Run(first, count, size, offset))
-        first, offset = first + count, offset + count * size
-    return tuple(runs)
+_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition)
 
 
 def _blocks(t: torch.Tensor, run: _Run, axis: int, *, transpose: bool = False) -> torch.Tensor:

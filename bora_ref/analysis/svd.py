@@ -38,7 +38,6 @@ of [`bora_ref.factor_rank`][bora_ref.factor_rank] scales with it
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,7 +46,7 @@ from threadpoolctl import ThreadpoolController
 from .._arrays import as_float64
 from .._validation import check_factors
 from .budget import check_budget, structured_svd_bytes
-from ..partition import block_sizes
+from ..partition import block_runs, block_sizes
 
 __all__ = ["StructuredSVD", "structured_svd", "singular_values"]
 
@@ -100,23 +99,7 @@ def _one_blas_thread() -> Any:
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-class _Run(NamedTuple):
-    """``count`` consecutive equal blocks of ``size`` rows/columns, starting at ``offset``."""
-
-    first: int
-    count: int
-    size: int
-    offset: int
-
-
-def _runs(dim: int, b: int) -> tuple[_Run, ...]:
-    """The ``numpy.array_split`` blocks of ``dim`` as at most two runs of equal blocks."""
-    runs, first, offset = [], 0, 0
-    for size, group in itertools.groupby(block_sizes(dim, b)):
-        count = len(list(group))
-        runs.append(_Run(first, count, size, offset))
-        first, offset = first + count, offset + count * size
-    return tuple(runs)
+_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition)
 
 
 def _reduce(stack: np.ndarray, keep_q: bool) -> tuple[np.ndarray | None, np.ndarray]:
