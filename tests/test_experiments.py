@@ -26,24 +26,6 @@ TARGETS = ("query", "value")
 N_LAYERS = 2 * len(TARGETS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Small models on a shared machine: extra intra-op threads only spin-wait (measured 17x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from bora_ref.models import shipped_model_path
-
-    return AutoTokenizer.from_pretrained(str(shipped_model_path()), local_files_only=True)
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tokenizer):
     from transformers import BertConfig, BertForSequenceClassification

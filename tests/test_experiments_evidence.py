@@ -23,23 +23,6 @@ pytest.importorskip("transformers")
 TARGETS = ("query", "value")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from bora_ref.models import shipped_model_path
-
-    return AutoTokenizer.from_pretrained(str(shipped_model_path()), local_files_only=True)
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tokenizer):
     """2 layers, width 32, dropout 0.1 in attention and hidden states (as MiniLM)."""

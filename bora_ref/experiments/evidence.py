@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._validation import BoRAValueError
+from ._env import cpu_model
 from .analysis import adapter_layers, trainable_parameters
 from .data import TextDataset, deduplicate, load_bbc_news, stratified_split
 from .finetune import AdapterSpec, Encoded, TrainConfig, encode, evaluate, reset_head, setup_adapters, train
@@ -401,12 +402,7 @@ def environment(command: str) -> dict[str, Any]:
     """Versions, CPU, threads, date and command, for the results file."""
     import transformers
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:  # pragma: no cover - not Linux
-        pass
+    cpu = cpu_model()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:  # pragma: no cover

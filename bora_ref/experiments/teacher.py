@@ -45,6 +45,7 @@ from .. import numpy_ref
 from .._validation import BoRAValueError, check_choice, check_int
 from ..analysis.params import param_count
 from ..nn.layer import BoRALinear
+from ._env import cpu_model
 from .finetune import AdapterSpec
 
 __all__ = [
@@ -293,9 +294,7 @@ def run_matrix(config: MatrixConfig, *, log: Any = None, partial: str | None = N
                     if spec.b == 1:
                         row["eckart_young"] = eckart_young_floor(target, spec.r)
                     runs.append(row)
-                    if partial:
-                        with open(partial, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(row) + "\n")
+                    _append_jsonl(partial, row)
                     if log:
                         log(f"{name:32s} {spec.name:26s} lr={lr:g} seed={seed} res={out['residual']:.4g} "
                             f"({out['seconds']:.1f}s)")
@@ -705,9 +704,7 @@ def run_functional(config: FunctionalConfig, *, base: nn.Module | None = None, t
                     if not (math.isfinite(row["val_error"]) and math.isfinite(row["test_error"])):
                         row["val_error"] = row["test_error"] = float("nan")
                     runs.append(row)
-                    if partial:
-                        with open(partial, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(row) + "\n")
+                    _append_jsonl(partial, row)
                     if log:
                         log(f"{kind:8s} {spec.name:26s} lr={lr:g} seed={seed} val={row['val_error']:.4f} "
                             f"test={row['test_error']:.4f} W={row['weight_recovery']:.3f} ({row['seconds']:.0f}s)")
@@ -791,6 +788,13 @@ def summarise_functional(result: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
+def _append_jsonl(path: str | Path | None, row: dict[str, Any]) -> None:
+    """Append one finished run to the partial-results file (if any), so an interrupted run keeps it."""
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def environment(command: str) -> dict[str, Any]:
     """Versions, CPU, torch threads, date (UTC) and the exact command, for the results file."""
     try:
@@ -799,12 +803,7 @@ def environment(command: str) -> dict[str, Any]:
         tv = transformers.__version__
     except ImportError:  # pragma: no cover - the models extra is missing
         tv = None
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:  # pragma: no cover - not Linux
-        pass
+    cpu = cpu_model()
     return {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__, "transformers": tv,
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "platform": platform.platform(),

@@ -16,7 +16,7 @@ import torch
 from .._validation import BoRAValueError, check_b, check_int, check_positive_float, check_probability
 from .sigma import DEFAULT_SIGMA_PARAM, SigmaParam, get_sigma_param
 
-__all__ = ["ADAPTER_DTYPES", "BoRAConfig"]
+__all__ = ["ADAPTER_DTYPES", "LAYER_KWARGS", "BoRAConfig"]
 
 ADAPTER_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 """The dtypes adapter parameters may have (no float8: too coarse to train, and not every op supports it)."""
@@ -136,3 +136,7 @@ class BoRAConfig:
             if key not in data:
                 raise BoRAValueError(f"a BoRA config needs {key!r}")
         return cls(**data)
+
+
+LAYER_KWARGS: frozenset[str] = frozenset(f.name for f in fields(BoRAConfig)) - {"r", "b"}
+"""The keyword settings of a layer besides ``r`` and ``b`` (what ``from_linear`` and ``apply_bora`` pass through)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._validation import BoRAValueError
-from .config import BoRAConfig
+from .config import LAYER_KWARGS, BoRAConfig
 from .layer import BoRALinear
 
 __all__ = [
@@ -147,7 +147,7 @@ def apply_bora(
     """
     _check_module(model)
     names = _find_targets(model, target_modules)
-    allowed = {"rslora", "sigma_param", "dropout", "adapter_dtype"}
+    allowed = LAYER_KWARGS - {"alpha"}  # alpha is apply_bora's own keyword
     unknown = set(layer_kwargs) - allowed
     if unknown:
         raise BoRAValueError(f"apply_bora got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")

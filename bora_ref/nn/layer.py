@@ -19,7 +19,7 @@ from torch import nn
 from .. import torch_ref
 from .._validation import BoRAValueError, check_int
 from ..analysis.budget import adapter_bytes, check_budget
-from .config import ADAPTER_DTYPES, BoRAConfig
+from .config import ADAPTER_DTYPES, LAYER_KWARGS, BoRAConfig
 from .sigma import DEFAULT_SIGMA_PARAM, SIGMA_PARAMS, get_sigma_param
 
 __all__ = ["BoRALinear", "SIGMA_PARAMS"]
@@ -139,7 +139,7 @@ class BoRALinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise BoRAValueError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
-        allowed = {"alpha", "rslora", "sigma_param", "dropout", "adapter_dtype"}
+        allowed = LAYER_KWARGS
         unknown = set(kwargs) - allowed
         if unknown:
             raise BoRAValueError(f"from_linear got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
