@@ -26,6 +26,9 @@ _DTYPES: dict[str, tuple[float, float]] = {  # name -> (eps, smallest normal)
     "float32": (2.0**-23, 2.0**-126),
     "float64": (2.0**-52, 2.0**-1022),
 }
+FLOAT_DTYPE_NAMES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
+"""The floating dtypes bora_ref takes as torch tensors (adapter parameters, oracle and golden inputs), by torch
+name: the dtypes above. No float8: too coarse to train or to check against a float64 truth."""
 _ALIASES = {"half": "float16", "float": "float32", "single": "float32", "double": "float64"}
 
 single_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")

@@ -13,6 +13,16 @@ from ._validation import BoRAValueError, check_int
 
 __all__ = ["block_sizes", "block_slices"]
 
+SPLIT_RULE = "array_split"
+"""The name of the block split rule, recorded in saved adapters and golden manifests.
+
+``"array_split"``: a dimension ``d`` cut into ``b`` blocks gives the first ``d % b`` blocks
+``d // b + 1`` rows (or columns) and the remaining ``b - d % b`` blocks ``d // b``, in that order,
+as ``numpy.array_split`` does (``d = 10, b = 4`` gives ``3, 3, 2, 2``). Files that record another
+rule, or none where their format requires one, are refused on load: reading them with this rule
+would silently put the rows of ``B`` and columns of ``A`` into different blocks.
+"""
+
 MAX_LISTED_BLOCKS = 2**24
 """The most blocks [`block_sizes`][bora_ref.block_sizes] lists (a tuple of ``b`` ints costs about ``36 b`` bytes)."""
 

@@ -8,6 +8,7 @@ import os
 import pickle
 import struct
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -105,7 +106,7 @@ def test_file_layout_and_config(tmp_path):
     data = (tmp_path / WEIGHTS_NAME).read_bytes()
     header_len = struct.unpack("<Q", data[:8])[0]  # safetensors: u64 header length, then a JSON header
     header = json.loads(data[8:8 + header_len])
-    assert header["__metadata__"] == {"format": "pt", "bora_ref_format_version": "1"}
+    assert header["__metadata__"] == {"format": "pt", "bora_ref_format_version": "2"}
     assert sorted(k for k in header if k != "__metadata__") == sorted(
         f"base_model.model.{i}.{t}.{p}" for i in (0, 1) for t in TARGETS for p in ("lora_A.weight", "lora_B.weight", "lora_sigma")
     )
@@ -115,6 +116,7 @@ def test_file_layout_and_config(tmp_path):
 
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["peft_type"] == "BORA" and config["library_version"] == bora_ref.__version__
+    assert config["format_version"] == 2 and config["split_rule"] == "array_split"
     assert (config["r"], config["b"], config["alpha"], config["rslora"], config["sigma_param"]) == (3, 4, 5.0, False, "exp_norm")
     assert config["target_modules"] == ["0.query", "0.value", "1.query", "1.value"]
     assert config["layers"]["1.value"] == {
@@ -136,6 +138,63 @@ def test_per_layer_settings_round_trip(tmp_path):
         ("0.query", 2, 2, True, "exp_norm"), ("1.value", 4, 3, False, "raw")
     ]
     assert fresh[1].value.dropout.p == 0.2
+
+
+def _version_1_adapter(directory, B, A, sigma, *, alpha=4.0):
+    """A format-1 adapter for ``nn.Sequential(nn.Linear(n, m))``, written by hand (no split_rule field: version 1
+    predates it, and every version-1 file was cut by array_split)."""
+    (m, r), (b, n) = B.shape, (sigma.shape[0], A.shape[1])
+    data = safetensors.torch.save({"base_model.model.0.lora_A.weight": A, "base_model.model.0.lora_B.weight": B,
+                                   "base_model.model.0.lora_sigma": sigma}, metadata={"format": "pt"})
+    layer = {"in_features": n, "out_features": m, "r": r, "b": b, "alpha": alpha, "rslora": False,
+             "sigma_param": "raw", "dropout": 0.0, "dtype": "float64"}
+    config = {"peft_type": "BORA", "library": "bora_ref", "library_version": "0.1.0", "format_version": 1,
+              **{k: layer[k] for k in ("r", "b", "alpha", "rslora", "sigma_param", "dropout")},
+              "target_modules": ["0"], "layers": {"0": layer}, "safetensors_sha256": hashlib.sha256(data).hexdigest()}
+    directory.mkdir()
+    (directory / WEIGHTS_NAME).write_bytes(data)
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def test_a_version_1_file_without_split_rule_loads_with_array_split_blocks(tmp_path):
+    from bora_ref import numpy_ref
+
+    m, n, r, b, alpha = 14, 10, 2, 4, 4.0  # uneven blocks: rows 4, 4, 3, 3 and columns 3, 3, 2, 2
+    g = torch.Generator().manual_seed(5)
+    B, A, sigma = (torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((m, r), (r, n), (b, b, r)))
+    _version_1_adapter(tmp_path / "v1", B, A, sigma, alpha=alpha)
+    torch.manual_seed(0)
+    model = load_adapter(nn.Sequential(nn.Linear(n, m, dtype=torch.float64)), tmp_path / "v1")
+    layer = model[0]
+    assert torch.equal(layer.lora_B, B) and torch.equal(layer.lora_A, A) and torch.equal(layer.sigma, sigma)
+    # The function the layer computes is the reference's, with numpy.array_split blocks (sigma_param="raw": Σ = σ).
+    x = torch.randn(5, n, generator=g, dtype=torch.float64)
+    want = (x @ layer.base.weight.T + layer.base.bias).detach().numpy() + (alpha / r) * numpy_ref.bora_matmul(
+        x.numpy(), B.numpy(), A.numpy(), sigma.numpy())
+    np.testing.assert_allclose(model(x).detach().numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda c: c.update(split_rule="even-first"), r"v1/adapter_config.json has split_rule='even-first' \(format_version=1\); "
+                                                      r"this bora_ref cuts blocks by the 'array_split' rule only"),
+        (lambda c: c.update(format_version=0), r"v1/adapter_config.json has format_version=0; this bora_ref reads format versions 1, 2"),
+        (lambda c: c.update(format_version="1"), r"has format_version='1'"),
+    ],
+    ids=["v1-names-another-rule", "version-0", "version-as-string"],
+)
+def test_refused_old_files_leave_model_and_files_unchanged(tmp_path, edit, match):
+    g = torch.Generator().manual_seed(6)
+    _version_1_adapter(tmp_path / "v1", *(torch.randn(s, generator=g, dtype=torch.float64) for s in ((14, 2), (2, 10), (4, 4, 2))))
+    _edit_config(tmp_path / "v1", edit)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "v1").iterdir()}
+    for target in (_model(seed=2), _model(plain=True)):
+        snap = _snapshot(target)
+        with pytest.raises(bora_ref.BoRAValueError, match=match):
+            load_adapter(target, tmp_path / "v1")
+        _assert_unchanged(target, snap)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "v1").iterdir()} == files
 
 
 def test_loading_never_unpickles(tmp_path, monkeypatch):
@@ -242,7 +301,16 @@ BAD_FILES = {
     "no-config": (lambda d: (d / CONFIG_NAME).unlink(), "adapter_config.json does not exist"),
     "bad-json": (lambda d: (d / CONFIG_NAME).write_text('{"peft_type": "BORA",'), "adapter_config.json is not valid JSON"),
     "lora-config": (lambda d: _edit_config(d, lambda c: c.update(peft_type="LORA")), r"not a BoRA adapter config \(peft_type must be 'BORA'\)"),
-    "future-format": (lambda d: _edit_config(d, lambda c: c.update(format_version=2)), "has format_version=2; this bora_ref reads 1"),
+    "future-format": (lambda d: _edit_config(d, lambda c: c.update(format_version=3)),
+                      "has format_version=3; this bora_ref reads format versions 1, 2"),
+    "no-format-version": (lambda d: _edit_config(d, lambda c: c.pop("format_version")), "has format_version='<missing>'"),
+    "other-split-rule": (lambda d: _edit_config(d, lambda c: c.update(split_rule="contiguous")),
+                         r"adapter_config.json has split_rule='contiguous' \(format_version=2\); this bora_ref cuts blocks by "
+                         r"the 'array_split' rule only"),
+    "no-split-rule": (lambda d: _edit_config(d, lambda c: c.pop("split_rule")),
+                      r"adapter_config.json has split_rule='<missing>' \(format_version=2\); .* 'array_split' rule"),
+    "v1-other-split-rule": (lambda d: _edit_config(d, lambda c: c.update(format_version=1, split_rule="even")),
+                            r"has split_rule='even' \(format_version=1\)"),
     "bad-sha": (lambda d: _edit_config(d, lambda c: c.update(safetensors_sha256="abc")), "safetensors_sha256 must be a 64-digit hex string"),
     "bad-field-type": (lambda d: _edit_config(d, lambda c: c["layers"]["0.query"].update(b="4")), r"layer '0.query' has b='4', which is not of type"),
     "bad-dtype": (lambda d: _edit_config(d, lambda c: c["layers"]["0.query"].update(dtype="int8")), "dtype='int8', not one of \\('float32', 'float64', 'float16', 'bfloat16'\\)"),

@@ -83,3 +83,17 @@ def test_from_config_refuses_a_mismatched_shape_and_leaves_the_linear_alone():
     assert all(p.requires_grad for p in linear.parameters())
     with pytest.raises(BoRAValueError, match="config must be a bora_ref.nn.config.BoRAConfig, got dict"):
         BoRALinear.from_config(linear, {"r": 2, "b": 1})
+
+
+def test_every_float_dtype_list_comes_from_one_source():
+    """Adapters, the oracle and the command line accept the same dtypes: those the tolerance policy has constants for."""
+    from bora_ref import _arrays
+    from bora_ref.testing import _cli, cases, oracle
+
+    assert tuple(str(d).removeprefix("torch.") for d in ADAPTER_DTYPES) == _arrays.FLOAT_DTYPE_NAMES
+    assert set(_arrays.FLOAT_DTYPE_NAMES) == set(_arrays._DTYPES)  # each has its eps and smallest normal
+    assert cases._FLOAT_DTYPES == oracle._FLOAT_DTYPES == ADAPTER_DTYPES
+    assert set(_cli._DTYPES.values()) == set(ADAPTER_DTYPES)
+    for dtype in ADAPTER_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        assert _arrays.dtype_eps(name) == torch.finfo(dtype).eps

@@ -188,3 +188,18 @@ def test_training_step_changes_only_adapters():
         if k in frozen:
             assert torch.equal(v, frozen[k]), k
     assert all(layer.lora_B.abs().sum() > 0 for layer in bora_layers(model))
+
+
+def test_replace_submodule_swaps_nested_and_top_level_modules_and_refuses_the_root():
+    from bora_ref import BoRAValueError
+    from bora_ref.nn._modules import replace_submodule
+
+    model = nn.Sequential(nn.Sequential(nn.Linear(3, 3)), nn.ReLU())
+    new, top = nn.Linear(3, 3), nn.Tanh()
+    replace_submodule(model, "0.0", new)
+    replace_submodule(model, "1", top)
+    assert model[0][0] is new and model[1] is top and [n for n, _ in model.named_modules()] == ["", "0", "0.0", "1"]
+    with pytest.raises(BoRAValueError, match=r"name must name a submodule, got ''"):
+        replace_submodule(model, "", new)
+    with pytest.raises(AttributeError):
+        replace_submodule(model, "2.0", new)

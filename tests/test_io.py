@@ -1,11 +1,12 @@
 """Atomic writes: the target is either the old or the new content, never partial, never a leftover temp file."""
 
+import errno
 import os
 import threading
 
 import pytest
 
-from bora_ref._io import atomic_write
+from bora_ref._io import atomic_write, fsync_directory
 
 
 def test_writes_bytes_and_callables(tmp_path):
@@ -62,3 +63,35 @@ def test_concurrent_writers_always_leave_one_complete_version(tmp_path):
         t.join()
     assert target.read_bytes() in payloads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_temporary_name_of_a_hidden_target_does_not_double_the_dot(tmp_path):
+    seen = []
+    atomic_write(tmp_path / ".pending", lambda f: seen.extend(os.listdir(tmp_path)), durable=False)
+    assert len(seen) == 1 and seen[0].startswith(".pending.") and seen[0].endswith(".tmp")
+
+
+@pytest.mark.parametrize(("err", "raises"), [(errno.EINVAL, False), (errno.ENOTSUP, False), (errno.EIO, True), (None, True)])
+def test_directory_fsync_ignores_unsupported_and_raises_lost_writes(tmp_path, monkeypatch, err, raises):
+    """EINVAL/ENOTSUP mean "directories cannot be fsynced here"; EIO (or anything else) means durability was lost."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to tell directory fds apart")
+    real = os.fsync
+
+    def fsync(fd):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(err, "injected")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if raises:
+        with pytest.raises(OSError, match="injected"):
+            fsync_directory(tmp_path)
+        with pytest.raises(OSError, match="injected"):
+            atomic_write(tmp_path / "f", b"new")
+        assert (tmp_path / "f").read_bytes() == b"new"  # the rename happened; only its durability is in doubt
+    else:
+        fsync_directory(tmp_path)
+        atomic_write(tmp_path / "f", b"new")
+    atomic_write(tmp_path / "g", b"x", sync_directory=False)  # the caller syncs the directory itself: no error here
+    assert sorted(os.listdir(tmp_path)) == ["f", "g"]

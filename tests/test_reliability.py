@@ -258,17 +258,17 @@ def test_report_into_an_unusable_folder_is_refused_before_computing(capsys, tmp_
 
 def test_report_temporary_files_have_unique_names(tmp_path):
     """Two writers of one report file never share a temporary name (the old fixed '.name.tmp' raced)."""
-    import bora_ref.report.writer as writer
+    from bora_ref._io import atomic_write  # what write_report writes every file with
 
     seen = []
 
-    def write(p):
-        seen.append(p.name)
-        p.write_text(str(len(seen)))
+    def write(f):
+        seen.extend(name for name in os.listdir(tmp_path) if name != "report.md")  # the temporary file being written
+        f.write(str(len(seen)).encode())
 
-    writer._write_atomic(tmp_path / "report.md", write)
-    writer._write_atomic(tmp_path / "report.md", write)
-    assert len(set(seen)) == 2 and all(name.startswith(".report.md.") for name in seen)
+    atomic_write(tmp_path / "report.md", write, durable=False)
+    atomic_write(tmp_path / "report.md", write, durable=False)
+    assert len(seen) == 2 and len(set(seen)) == 2 and all(name.startswith(".report.md.") for name in seen)
     assert os.listdir(tmp_path) == ["report.md"] and (tmp_path / "report.md").read_text() == "2"
 
 

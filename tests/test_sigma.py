@@ -2,9 +2,13 @@
 
 import pytest
 import torch
+from torch import nn
 
-from bora_ref import BoRALinear, BoRAValueError, numpy_ref
-from bora_ref.nn.sigma import DEFAULT_SIGMA_PARAM, SIGMA_PARAMS, SIGMA_REGISTRY, get_sigma_param
+from bora_ref import (
+    BoRALinear, BoRAValueError, apply_bora, bora_from_peft, bora_layers, load_adapter, numpy_ref, save_adapter,
+)
+from bora_ref.nn.config import BoRAConfig
+from bora_ref.nn.sigma import DEFAULT_SIGMA_PARAM, SIGMA_PARAMS, SIGMA_REGISTRY, SigmaParam, get_sigma_param
 
 PARAMS = list(SIGMA_REGISTRY.values())
 
@@ -65,3 +69,87 @@ def test_layer_uses_the_registry(name):
 def test_unknown_names_are_refused(bad):
     with pytest.raises(BoRAValueError, match=r"sigma_param must be one of \('exp_norm', 'raw'\), got "):
         get_sigma_param(bad)
+
+
+# --- adding a parameterisation: one entry in SIGMA_REGISTRY, nothing else ---------------------------------------
+
+def _init_near_minus_one_(sigma: torch.Tensor, fan_in: int) -> None:
+    with torch.no_grad():
+        sigma.uniform_(-1.5, -0.5)
+
+
+# Σ = σ²; Σ = 1 at σ = -1 (deliberately neither built-in's 0 or 1), and its random initial σ is not that.
+SQUARE = SigmaParam(name="square", description="Σ = σ² (a throwaway test parameterisation)",
+                    init_=_init_near_minus_one_, effective=torch.square, identity_value=-1.0, may_freeze=False)
+
+
+@pytest.fixture
+def square(monkeypatch):
+    """Register SQUARE the way a new parameterisation is added in the source (one dict entry); undone after."""
+    monkeypatch.setitem(SIGMA_REGISTRY, SQUARE.name, SQUARE)
+    yield SQUARE
+    monkeypatch.undo()
+    assert "square" not in SIGMA_REGISTRY
+
+
+def _square_model() -> nn.Module:
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Linear(10, 14), nn.Tanh(), nn.Linear(14, 9)).double()
+
+
+def test_a_new_parameterisation_works_in_the_layer_and_apply_bora(square):
+    layer = BoRALinear(12, 10, r=3, b=2, sigma_param="square", dtype=torch.float64)
+    assert ((layer.sigma >= -1.5) & (layer.sigma <= -0.5)).all()  # its own init_ ran
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = layer.scaling * numpy_ref.delta_weight(
+        layer.lora_B.detach().numpy(), layer.lora_A.detach().numpy(), layer.sigma.detach().numpy() ** 2)
+    torch.testing.assert_close(layer.delta_weight().detach(), torch.from_numpy(expected), rtol=1e-12, atol=1e-12)
+    assert get_sigma_param("square") is square and "square" in str(BoRAConfig(r=2, b=2, sigma_param="square"))
+    with pytest.raises(BoRAValueError, match=r"sigma_param must be one of \('exp_norm', 'raw', 'square'\), got 'cube'"):
+        BoRAConfig(r=2, b=2, sigma_param="cube")
+
+    model = apply_bora(_square_model(), target_modules=["0", "2"], r=2, b=3, sigma_param="square")
+    assert [m.sigma_param for m in bora_layers(model)] == ["square", "square"]
+
+
+def test_a_new_parameterisation_round_trips_through_adapter_files(square, tmp_path):
+    source = apply_bora(_square_model(), target_modules=["0", "2"], r=2, b=3, sigma_param="square")
+    with torch.no_grad():
+        for layer in bora_layers(source):
+            layer.lora_B.normal_()
+    save_adapter(source, tmp_path)
+    target = load_adapter(_square_model(), tmp_path)  # layers created from the file's sigma_param
+    x = torch.randn(4, 10, dtype=torch.float64)
+    assert [m.sigma_param for m in bora_layers(target)] == ["square", "square"]
+    assert torch.equal(target(x), source(x))
+
+
+def test_a_new_parameterisation_starts_from_lora_exactly_via_its_identity_value(square):
+    """PEFT import and the LoRA -> BoRA upgrade set σ to the entry's identity_value, giving Σ = 1 exactly."""
+    from bora_ref.experiments import finetune
+
+    lora = apply_bora(_square_model(), target_modules=["0", "2"], r=2, b=1, sigma_param="raw")
+    with torch.no_grad():
+        for layer in bora_layers(lora):
+            layer.lora_B.normal_()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    before = lora(x)
+    finetune.upgrade_to_bora(lora, 2, "square")
+    assert all(torch.equal(m.effective_sigma(), torch.ones(2, 2, 2, dtype=torch.float64)) for m in bora_layers(lora))
+    torch.testing.assert_close(lora(x), before, rtol=0, atol=1e-12)
+    assert finetune.AdapterSpec.bora(2, 2, "square").sigma_param == "square"
+    with pytest.raises(BoRAValueError, match=r"train_sigma=False needs a sigma_param whose initial Σ is 1 \['raw'\]"):
+        finetune.AdapterSpec("frozen square", 2, 2, "square", train_sigma=False)  # may_freeze=False is honoured
+
+    peft = pytest.importorskip("peft")
+    peft_model = peft.get_peft_model(_square_model(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    before = peft_model(x)
+    model = bora_from_peft(peft_model, b=3, sigma_param="square")
+    assert [m.sigma_param for m in bora_layers(model)] == ["square", "square"]
+    assert all(torch.equal(m.effective_sigma(), torch.ones(3, 3, 2, dtype=torch.float64)) for m in bora_layers(model))
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-12)

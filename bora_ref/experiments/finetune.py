@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .._validation import BoRAValueError, check_choice, check_int, check_positive_float, check_probability
+from ..nn._modules import replace_submodule
 from ..nn.inject import apply_bora
 from ..nn.config import BoRAConfig
 from ..nn.layer import BoRALinear
@@ -162,8 +163,7 @@ def upgrade_to_bora(model: nn.Module, b: int, sigma_param: str = "raw") -> nn.Mo
             new.sigma.fill_(get_sigma_param(sigma_param).identity_value)
         new.lora_A.requires_grad_(False)
         new.lora_B.requires_grad_(False)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        replace_submodule(model, name, new)
     return model
 
 

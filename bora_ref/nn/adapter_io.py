@@ -7,6 +7,14 @@ BoRA's ``...lora_sigma`` ``(b, b, r)``, the raw σ) and a JSON config with ``r``
 library version and the SHA-256 of the tensor file. ``peft_type`` is ``"BORA"``, which PEFT
 does not know, so PEFT refuses these files instead of misreading them as LoRA.
 
+Format version and split rule. The config records ``format_version``
+([`FORMAT_VERSION`][bora_ref.nn.adapter_io.FORMAT_VERSION], now 2) and ``split_rule``, the rule that
+cut ``m`` rows and ``n`` columns into ``b`` blocks: ``"array_split"`` (the first ``m % b`` row
+blocks and ``n % b`` column blocks are one larger, as ``numpy.array_split``). The blocks of
+``sigma`` are meaningless under another rule, so a loader refuses a file with an unknown or newer
+``format_version`` or a ``split_rule`` other than ``"array_split"``, naming the file, the field and
+its value. Version 1 files predate the field; they were all cut by ``array_split`` and still load.
+
 Atomic saves. The config is the commit record: it names the tensor file by its SHA-256. A save
 (1) writes the tensors to a temporary file, fsyncs it and renames it to the pending name
 ``.adapter_model.<sha256>.pending``; (2) writes the config the same way and renames it over
@@ -29,14 +37,12 @@ is checked before the first tensor is copied: on any error the model is unchange
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,10 +51,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .._io import atomic_write, fsync_directory
 from .._validation import BoRAValueError
+from ..partition import SPLIT_RULE
 from .config import ADAPTER_DTYPES as _DTYPES
 from .config import BoRAConfig
 from .inject import _all_or_nothing, adapter_state_dict, apply_bora, load_adapter_state_dict
+from .inspect import named_bora_layers
 from .layer import BoRALinear
 
 try:  # POSIX: advisory directory locks
@@ -61,7 +70,13 @@ __all__ = ["ADAPTER_DTYPES", "CONFIG_NAME", "FORMAT_VERSION", "MAX_CONFIG_BYTES"
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The ``format_version`` [`save_adapter`][bora_ref.save_adapter] writes.
+
+Version 2 records the block split rule (``"split_rule": "array_split"``, see
+[`bora_ref.partition.SPLIT_RULE`][bora_ref.partition.SPLIT_RULE]); version 1 files have no such field and were
+all written with that rule, so they still load. Any other version is refused."""
+_READABLE_VERSIONS = (1, FORMAT_VERSION)  # version 1: no split_rule field, array_split implied
 MAX_CONFIG_BYTES = 16 * 1024**2
 """16 MiB: the largest ``adapter_config.json`` [`load_adapter`][bora_ref.load_adapter] reads (about 50 000 layers)."""
 ADAPTER_DTYPES = tuple(str(d).removeprefix("torch.") for d in _DTYPES)
@@ -93,12 +108,6 @@ def _layer_settings(layer: BoRALinear) -> dict[str, Any]:
     }
 
 
-def _bora_named_layers(model: Any) -> dict[str, BoRALinear]:
-    if not isinstance(model, nn.Module):
-        raise BoRAValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
-
-
 def _directory(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise BoRAValueError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -106,17 +115,6 @@ def _directory(path: Any) -> Path:
     if not isinstance(text, str) or not text or "\x00" in text:
         raise BoRAValueError(f"path must be a non-empty directory name without NUL characters, got {text!r}")
     return Path(text)
-
-
-def _fsync_dir(fd: int | None) -> None:
-    """Make the renames in a directory durable (a no-op where directories cannot be fsynced)."""
-    if fd is None:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
-            raise
 
 
 @contextlib.contextmanager
@@ -140,22 +138,6 @@ def _locked(directory: Path, *, exclusive: bool) -> Iterator[int | None]:
         os.close(fd)  # releases the lock
 
 
-def _write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to a fresh temporary file next to ``path``, fsync it, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.lstrip('.')}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapter files are ordinary shareable files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _committed_sha(directory: Path) -> str | None:
     """The tensor hash the current config names, or ``None`` (no config, or not one of ours)."""
     try:
@@ -166,14 +148,14 @@ def _committed_sha(directory: Path) -> str | None:
     return sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha) else None
 
 
-def _finish_interrupted_save(directory: Path, dir_fd: int | None) -> None:
+def _finish_interrupted_save(directory: Path) -> None:
     """Complete step (3) of a save that was killed after its commit, then drop other leftovers."""
     sha = _committed_sha(directory)
     if sha is not None:
         pending = directory / _PENDING.format(sha=sha)
         if pending.is_file():
             os.replace(pending, directory / WEIGHTS_NAME)
-            _fsync_dir(dir_fd)
+            fsync_directory(directory)
     for entry in os.scandir(directory):
         if entry.name.startswith(_TEMP_PREFIXES) and entry.name.endswith((".tmp", ".pending")):
             with contextlib.suppress(OSError):
@@ -215,7 +197,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         ...     sorted(p.name for p in save_adapter(model, folder).iterdir())
         ['adapter_config.json', 'adapter_model.safetensors']
     """
-    layers = _bora_named_layers(model)
+    layers = dict(named_bora_layers(model))
     if not layers:
         raise BoRAValueError("model has no BoRALinear layers to save; call apply_bora first")
     state = adapter_state_dict(model)
@@ -232,7 +214,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     data = safetensors.torch.save(tensors, metadata={"format": "pt", "bora_ref_format_version": str(FORMAT_VERSION)})
     settings = {name: _layer_settings(layer) for name, layer in layers.items()}
     config: dict[str, Any] = {"peft_type": "BORA", "library": "bora_ref", "library_version": __version__,
-                              "format_version": FORMAT_VERSION}
+                              "format_version": FORMAT_VERSION, "split_rule": SPLIT_RULE}
     for field in _SHARED_FIELDS:
         values = {s[field] for s in settings.values()}
         config[field] = values.pop() if len(values) == 1 else None  # None: differs per layer, see "layers"
@@ -246,22 +228,24 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BoRAValueError(f"path={os.fspath(path)!r}: cannot create the directory: {exc.strerror or exc}") from None
-    with _locked(directory, exclusive=True) as dir_fd:
+    with _locked(directory, exclusive=True):
         for name in (CONFIG_NAME, WEIGHTS_NAME):  # a rename cannot replace a directory: refuse before writing
             if os.path.isdir(directory / name) and not os.path.islink(directory / name):
                 raise BoRAValueError(f"{directory / name} is a directory; refusing to save an adapter over it")
-        _finish_interrupted_save(directory, dir_fd)
+        _finish_interrupted_save(directory)
         pending = directory / _PENDING.format(sha=sha)
-        _write_durable(pending, data)  # (1)
+        # Files are fsynced before their rename; the directory only after (2) and (3), here, so that a
+        # failure after the commit never reaches the clean-up of the pending file below.
+        atomic_write(pending, data, sync_directory=False)  # (1)
         try:
-            _write_durable(directory / CONFIG_NAME, config_bytes)  # (2) the commit
+            atomic_write(directory / CONFIG_NAME, config_bytes, sync_directory=False)  # (2) the commit
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(pending)
             raise
-        _fsync_dir(dir_fd)
+        fsync_directory(directory)
         os.replace(pending, directory / WEIGHTS_NAME)  # (3); if this fails the pending file stands in
-        _fsync_dir(dir_fd)
+        fsync_directory(directory)
     return directory
 
 
@@ -326,9 +310,11 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise BoRAValueError(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(config, dict) or config.get("peft_type") != "BORA":
         raise BoRAValueError(f"{path} is not a BoRA adapter config (peft_type must be 'BORA')")
-    version = config.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise BoRAValueError(f"{path} has format_version={version!r}; this bora_ref reads {FORMAT_VERSION}")
+    version = config.get("format_version", "<missing>")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
+        raise BoRAValueError(f"{path} has format_version={version!r:.80}; this bora_ref reads format versions "
+                             f"{', '.join(map(str, _READABLE_VERSIONS))} (a newer bora_ref wrote it, or it is not ours)")
+    _check_split_rule(path, config, version)
     layers, sha = config.get("layers"), config.get("safetensors_sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise BoRAValueError(f"{path}: safetensors_sha256 must be a 64-digit hex string, got {sha!r:.80}")
@@ -355,6 +341,17 @@ def _read_config(path: Path) -> dict[str, Any]:
                 f"({'their common value is ' + repr(common) if common is not None else 'they differ, so it must be null'})"
             )
     return config
+
+
+def _check_split_rule(path: Path, config: dict[str, Any], version: int) -> None:
+    """The file's blocks must be cut by [`SPLIT_RULE`][bora_ref.partition.SPLIT_RULE] (implied for version 1 files)."""
+    rule = config.get("split_rule", SPLIT_RULE if version == 1 else "<missing>")
+    if rule != SPLIT_RULE or type(rule) is not str:
+        raise BoRAValueError(
+            f"{path} has split_rule={rule!r:.80} (format_version={version}); this bora_ref cuts blocks by the "
+            f"{SPLIT_RULE!r} rule only (the first m % b rows and n % b columns go one each to the first blocks), "
+            "and reading the file with another rule would put its rows and columns into the wrong blocks"
+        )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -503,7 +500,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 
     Raises:
         ValueError: a missing file or one that is not a regular file, an oversized or invalid
-            config or one of another format, a tensor file of the wrong size, corrupted tensor
+            config or one of another format (an unknown or newer ``format_version``, a
+            ``split_rule`` other than ``"array_split"``), a tensor file of the wrong size, corrupted tensor
             bytes (hash mismatch), missing or extra tensors, wrong shapes or dtypes, non-finite
             values, a config that does not match the model, or merged layers. The message names
             the problem; the model is left exactly as it was.
@@ -519,7 +517,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         >>> type(restored[0]).__name__, torch.equal(restored[0].sigma, model[0].sigma)
         ('BoRALinear', True)
     """
-    layers = _bora_named_layers(model)
+    layers = dict(named_bora_layers(model))
     directory = _directory(path)
     if not directory.is_dir():
         raise BoRAValueError(f"path={os.fspath(path)!r} is not a directory")

@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
+from .._arrays import FLOAT_DTYPE_NAMES
 from .._validation import BoRAValueError, check_b, check_int, check_positive_float, check_probability
 from .sigma import DEFAULT_SIGMA_PARAM, SigmaParam, get_sigma_param
 
 __all__ = ["ADAPTER_DTYPES", "LAYER_KWARGS", "BoRAConfig"]
 
-ADAPTER_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-"""The dtypes adapter parameters may have (no float8: too coarse to train, and not every op supports it)."""
+ADAPTER_DTYPES: tuple[torch.dtype, ...] = tuple(getattr(torch, name) for name in FLOAT_DTYPE_NAMES)
+"""The dtypes adapter parameters may have: float32, float64, float16, bfloat16 (no float8: too coarse to train,
+and not every op supports it)."""
 
 
 @dataclass(frozen=True)

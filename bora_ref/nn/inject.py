@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._validation import BoRAValueError
+from ._modules import replace_submodule
 from .config import LAYER_KWARGS, BoRAConfig
 from .layer import BoRALinear
 
@@ -167,8 +168,7 @@ def apply_bora(
         for name, layer in new_layers.items():
             # A shared nn.Linear (one module under several names) gets one BoRALinear, installed under every name.
             for alias in aliases[id(model.get_submodule(name))]:
-                parent_name, _, child = alias.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+                replace_submodule(model, alias, layer)
 
         adapter_ids = {id(p) for layer in bora_layers(model) for _, p in _adapter_params(layer)}
         for p in model.parameters():
@@ -388,7 +388,5 @@ def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
     merge_bora(model, safe=safe)
     names = [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, BoRALinear) and name]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, getattr(parent, child).base)
+        replace_submodule(model, name, model.get_submodule(name).base)
     return model

@@ -46,7 +46,9 @@ import torch
 from torch import nn
 
 from .._validation import BoRAValueError, check_choice, check_positive_float
+from ._modules import replace_submodule
 from .inject import apply_bora
+from .inspect import named_bora_layers
 from .config import BoRAConfig
 from .layer import BoRALinear
 from .sigma import DEFAULT_SIGMA_PARAM, get_sigma_param
@@ -189,8 +191,7 @@ def bora_from_peft(
 
     # All checks passed: unwrap (the PEFT layers' base Linears and saved copies go back in place) ...
     for name, module in [(n, s["base"]) for n, s in specs.items()] + list(saved.items()):
-        parent_name, _, child = name.rpartition(".")
-        setattr(inner.get_submodule(parent_name) if parent_name else inner, child, module)
+        replace_submodule(inner, name, module)
     # ... then let apply_bora build the layers and freeze everything else, one call per layer config.
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name, spec in specs.items():
@@ -352,7 +353,7 @@ def bora_to_peft(
     _peft()
     from peft import LoraConfig, get_peft_model
 
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, BoRALinear)}
+    layers = dict(named_bora_layers(model))
     if not layers or "" in layers:
         raise BoRAValueError("model has no BoRALinear layers to convert (or is one itself; wrap it in a container)")
     all_names = [name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, BoRALinear)]
@@ -390,8 +391,7 @@ def bora_to_peft(
 
     r, alpha, rslora, dropout = next(iter(configs.values()))
     for name, layer in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base)
+        replace_submodule(model, name, layer.base)
     config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, lora_dropout=dropout,
                         target_modules=_exact_names_regex(list(layers)), bias="none",
                         modules_to_save=names or None)

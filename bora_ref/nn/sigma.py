@@ -12,8 +12,11 @@ everything the rest of the library needs to know about it:
 | ``identity_value`` | the raw value (every entry) whose effective Σ is exactly 1, i.e. LoRA |
 | ``may_freeze`` | whether its initial σ already gives Σ = 1, so that σ may be frozen at init and the layer is exactly LoRA |
 
-Adding a parameterisation means adding one entry here (and its tests); layer, injection, adapter
-files, PEFT interop and the experiments all read this registry.
+Adding a parameterisation means adding one ``SigmaParam`` to ``SIGMA_REGISTRY`` in this file (and
+its tests): the layer, [`BoRAConfig`][bora_ref.nn.config.BoRAConfig] validation, injection, adapter files
+(which store the name), PEFT import (which sets σ to ``identity_value``) and the experiments (LoRA → BoRA
+upgrade, which σ may be frozen) all look it up here by name. A parameterisation added at run time
+(``SIGMA_REGISTRY[p.name] = p``) works the same way.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ SIGMA_REGISTRY: dict[str, SigmaParam] = {
 """Every Σ parameterisation by name; the first is the default."""
 
 SIGMA_PARAMS: tuple[str, ...] = tuple(SIGMA_REGISTRY)
-"""The names of the registered parameterisations, default first."""
+"""The names of the parameterisations defined in this module, default first (a snapshot: every lookup
+goes through [`SIGMA_REGISTRY`][bora_ref.nn.sigma.SIGMA_REGISTRY] itself)."""
 
 DEFAULT_SIGMA_PARAM: str = SIGMA_PARAMS[0]
 """The paper's parameterisation, ``"exp_norm"``."""
@@ -106,5 +110,5 @@ def get_sigma_param(name: object, *, argument: str = "sigma_param") -> SigmaPara
         ValueError: ``name`` is not a registered parameterisation.
     """
     if not isinstance(name, str) or name not in SIGMA_REGISTRY:
-        raise BoRAValueError(f"{argument} must be one of {SIGMA_PARAMS}, got {name!r}")
+        raise BoRAValueError(f"{argument} must be one of {tuple(SIGMA_REGISTRY)}, got {name!r}")
     return SIGMA_REGISTRY[name]

@@ -14,11 +14,12 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._arrays import single_blas_thread
+from .._io import atomic_write
 from .markdown import ABLATION, HEATMAP, SPECTRA, render_report
 from .._validation import BoRAValueError, check_b, check_int
 from ..analysis.budget import check_budget, factor_bytes, structured_svd_bytes
@@ -44,23 +45,6 @@ __all__ = ["DEFAULT_BS", "DEFAULT_OUT", "DEFAULT_RS", "write_report"]
 DEFAULT_RS = (4, 8, 16)
 DEFAULT_BS = (1, 2, 4, 8, 16)
 DEFAULT_OUT = "bora-report"
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a fresh, uniquely named temporary file and rename it over ``path``.
-
-    A reader never sees a half-written file, and two reports written into one folder at the
-    same time never share a temporary file (each file ends up whole, from one of them).
-    """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; report files are ordinary shareable files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_out(out: Path) -> None:
@@ -92,7 +76,7 @@ def _csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    _write_atomic(path, lambda p: p.write_text(buffer.getvalue(), encoding="utf-8"))
+    atomic_write(path, buffer.getvalue().encode("utf-8"), durable=False)
 
 
 def _spectra_section(seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -204,7 +188,9 @@ def write_report(
         "block_heatmap.png": plot_block_heatmap(*sample_factors(*HEATMAP, seed=seed)),
     }
     for name, fig in figures.items():
-        _write_atomic(out / name, lambda p, fig=fig: fig.savefig(p, format="png", dpi=110))
+        # Each file goes through its own uniquely named temporary file: a reader, or a second report written
+        # into the same folder at the same time, never sees half a file. Not fsynced: a report is cheap to redo.
+        atomic_write(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110), durable=False)
     tables = {"sweep.csv": _records(rows), "params.csv": params, "collapse.csv": _records(collapse),
               "ablation.csv": _records(ablation), "measures.csv": measures}
     for name, records in tables.items():
@@ -217,6 +203,6 @@ def write_report(
         "collapse_total": len(collapse), "seconds": time.perf_counter() - start,
     }
     markdown = render_report(summary, shapes, rows, params, collapse, ablation, measures, rs, bs, seed)
-    _write_atomic(out / "report.md", lambda p: p.write_text(markdown, encoding="utf-8"))
+    atomic_write(out / "report.md", markdown.encode("utf-8"), durable=False)
     summary["files"] = sorted(str(out / name) for name in [*figures, *tables, "report.md"])
     return summary

@@ -10,18 +10,16 @@ import re
 import sys
 from collections.abc import Callable
 
-import torch
-
 from .._validation import BoRAValueError
-from .cases import FACTOR_KINDS, LAYOUTS, OracleCase, get_case
+from .cases import _FLOAT_DTYPES, FACTOR_KINDS, LAYOUTS, OracleCase, get_case
 from .golden import GOLDEN_RTOL, check_golden, golden_dir, read_manifest, verify_golden, write_golden
 from .oracle import DEFAULT_FLOOR, DEFAULT_K, FLOAT64_RTOL, _validated, check_implementation
-from .results import OracleFailure
+from .results import OracleFailure, dtype_name
 
 __all__ = ["register", "load_function", "parse_case", "KernelExited"]
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_DEFAULT_DTYPES = ("float64", "float32", "bfloat16")
+_DTYPES = {dtype_name(d): d for d in _FLOAT_DTYPES}
+_DEFAULT_DTYPES = tuple(dtype_name(d) for d in check_implementation.__kwdefaults__["dtypes"])  # the oracle's default
 _PACKAGED = "(packaged)"  # --golden without a directory
 #: Largest custom case the command line accepts: float64 entries of ΔW (m n) plus x and y (N (m + n)),
 #: which the reference materialises; 2**27 entries is 1 GiB.

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .._arrays import FLOAT_DTYPE_NAMES
 from .._validation import BoRAValueError, check_b, check_choice, check_int
 
 __all__ = [
@@ -36,7 +37,7 @@ FactorKind = Literal["gaussian", "zero-B", "zero-sigma", "large", "positive"]
 LAYOUTS: tuple[str, ...] = ("contiguous", "x-transposed", "x-strided", "factors-permuted")
 FACTOR_KINDS: tuple[str, ...] = ("gaussian", "zero-B", "zero-sigma", "large", "positive")
 
-_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_DTYPES = tuple(getattr(torch, name) for name in FLOAT_DTYPE_NAMES)  # what an implementation may be checked in
 
 
 @dataclass(frozen=True)

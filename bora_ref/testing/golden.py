@@ -6,6 +6,14 @@ from exactly those values: ``y = x @ ΔW.T`` ``(..., m)``, ``delta_weight`` ``(m
 of $\\langle g, y \\rangle$ ``grad_x``, ``grad_B``, ``grad_A``, ``grad_sigma``. ``manifest.json`` lists
 every file with its case, ``m, n, r, b``, block sizes, dtype, seed, array shapes and SHA-256.
 
+The manifest records its ``format_version``
+([`GOLDEN_FORMAT_VERSION`][bora_ref.testing.golden.GOLDEN_FORMAT_VERSION], now 2) and the block
+``split_rule``, ``"array_split"``: the first ``m % b`` row blocks and ``n % b`` column blocks are one
+larger (``numpy.array_split``), and every entry lists its ``row_blocks`` and ``col_blocks``.
+A manifest with an unknown or newer version, or another split rule, is refused (the stored arrays
+would be read with the wrong blocks); version 1 manifests (``"format": "bora_ref golden vectors 1"``)
+predate both fields, were cut by ``array_split``, and are still read.
+
 The ``.npz`` files are plain (uncompressed) zip archives of ``.npy`` arrays with a fixed timestamp, so
 regenerating them on the same platform rewrites the same bytes. Regenerate with
 ``bora-ref golden --regenerate``; check with
@@ -26,6 +34,7 @@ import json
 import os
 import re
 import zipfile
+from typing import IO
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,14 +42,15 @@ import numpy as np
 import torch
 
 from .. import numpy_ref
+from .._io import atomic_write
 from .._validation import BoRAValueError
-from ..partition import block_sizes
+from ..partition import SPLIT_RULE, block_sizes
 from ._truth import QUANTITIES, truth
 from .cases import OracleCase, case_values, get_case
 from .results import Comparison, OracleFailure, OracleReport, dtype_name
 
-__all__ = ["GOLDEN_CASES", "GOLDEN_SEED", "GOLDEN_RTOL", "golden_dir", "golden_arrays", "write_golden",
-           "read_manifest", "load_golden", "verify_golden", "check_golden"]
+__all__ = ["GOLDEN_CASES", "GOLDEN_FORMAT_VERSION", "GOLDEN_SEED", "GOLDEN_RTOL", "golden_dir", "golden_arrays",
+           "write_golden", "read_manifest", "load_golden", "verify_golden", "check_golden"]
 
 # (built-in case name, input dtype): even and uneven splits, r > block, b = min(m, n), x (n,) and
 # (batch, t, n), in float64 and float32 (.npy has no bfloat16).
@@ -67,6 +77,11 @@ Examples:
     True
 """
 GOLDEN_SEED = 0
+GOLDEN_FORMAT_VERSION = 2
+"""The manifest ``format_version`` [`write_golden`][bora_ref.testing.golden.write_golden] writes; version 2 added
+``format_version`` and ``split_rule``. Versions 1 and 2 are read."""
+_READABLE_VERSIONS = (1, GOLDEN_FORMAT_VERSION)
+_VERSION_1_FORMAT = "bora_ref golden vectors 1"  # version 1 manifests carry their version only in this string
 _MANIFEST = "manifest.json"
 _INPUTS = ("x", "B", "A", "sigma", "g")
 # Truth is recomputed on whatever BLAS the checker has: agreement to 1e-12 of max |truth|, not bit-equality.
@@ -104,14 +119,16 @@ def golden_arrays(case: OracleCase, dtype: torch.dtype, seed: int = GOLDEN_SEED)
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed ``.npz`` with a fixed timestamp (reproducible bytes), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    os.replace(tmp, path)
+
+    def write(out: IO[bytes]) -> None:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w") as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def _sha256(path: Path) -> str:
@@ -145,7 +162,9 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
             "sha256": _sha256(path),
         })
     manifest = {
-        "format": "bora_ref golden vectors 1",
+        "format": "bora_ref golden vectors",
+        "format_version": GOLDEN_FORMAT_VERSION,
+        "split_rule": SPLIT_RULE,
         "convention": "dW[block i, block j] = B_i @ diag(sigma[i, j]) @ A_j, blocks as numpy.array_split "
                       "(larger blocks first); y = x @ dW.T (no scaling); grad_* are gradients of sum(g * y); "
                       "inputs x, B, A, sigma, g are in `dtype`, everything else is float64 truth computed "
@@ -155,9 +174,7 @@ def write_golden(directory: str | os.PathLike[str] | None = None, seed: int = GO
                       "rtol": GOLDEN_RTOL},
         "files": entries,
     }
-    tmp = out_dir / (_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out_dir / _MANIFEST)
+    atomic_write(out_dir / _MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
 
@@ -180,7 +197,9 @@ def read_manifest(directory: str | os.PathLike[str] | None = None) -> dict:
 
     Raises:
         BoRAValueError: ``directory`` is not a directory, has no manifest, or the manifest is larger
-            than 1 MiB or not a JSON object with a list of ``files``, each with a ``file`` name.
+            than 1 MiB, not a JSON object with a list of ``files``, each with a ``file`` name, has a
+            ``format_version`` other than 1 or 2, or a ``split_rule`` other than ``"array_split"``
+            (version 1 manifests have none and mean ``"array_split"``).
     """
     path = _directory(directory) / _MANIFEST
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
@@ -193,6 +212,16 @@ def read_manifest(directory: str | os.PathLike[str] | None = None) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list) or not all(
             isinstance(e, dict) and isinstance(e.get("file"), str) for e in manifest["files"]):
         raise BoRAValueError(f"manifest {str(path)!r} must be an object with a list of files, each with a 'file' name")
+    version = manifest.get("format_version", 1 if manifest.get("format") == _VERSION_1_FORMAT else "<missing>")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
+        raise BoRAValueError(f"manifest {str(path)!r} has format_version={version!r:.80}; this bora_ref reads format "
+                             f"versions {', '.join(map(str, _READABLE_VERSIONS))} (version 1 manifests say "
+                             f"\"format\": \"{_VERSION_1_FORMAT}\" instead)")
+    rule = manifest.get("split_rule", SPLIT_RULE if version == 1 else "<missing>")
+    if type(rule) is not str or rule != SPLIT_RULE:
+        raise BoRAValueError(f"manifest {str(path)!r} has split_rule={rule!r:.80} (format_version={version}); this "
+                             f"bora_ref cuts blocks by the {SPLIT_RULE!r} rule only (the first m % b rows and n % b "
+                             "columns go one each to the first blocks), and would read the arrays with the wrong blocks")
     return manifest
 
 
@@ -210,7 +239,7 @@ def load_golden(file: str, directory: str | os.PathLike[str] | None = None) -> d
 
 
 def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
-    """Check every golden file: hash, manifest metadata, and stored truth against the reference.
+    """Check every golden file: hash, manifest metadata (block sizes too), and stored truth against the reference.
 
     The truth (``y``, ``delta_weight``, gradients) is recomputed in float64 with
     [`bora_ref.numpy_ref`][bora_ref.numpy_ref] from the stored inputs and must agree to ``1e-12`` of its largest entry.
@@ -227,6 +256,13 @@ def verify_golden(directory: str | os.PathLike[str] | None = None) -> list[str]:
             continue
         if _sha256(path) != entry["sha256"]:
             problems.append(f"{entry['file']}: SHA-256 {_sha256(path)} differs from the manifest's {entry['sha256']}")
+        try:
+            blocks = [list(block_sizes(entry["m"], entry["b"])), list(block_sizes(entry["n"], entry["b"]))]
+        except (KeyError, ValueError) as exc:
+            blocks = [f"none (m, n, b invalid: {exc})"] * 2
+        if [entry.get("row_blocks"), entry.get("col_blocks")] != blocks:
+            problems.append(f"{entry['file']}: row_blocks={entry.get('row_blocks')} "
+                            f"col_blocks={entry.get('col_blocks')} are not the {SPLIT_RULE} blocks {blocks[0]} and {blocks[1]}")
         try:
             arrays = load_golden(entry["file"], base)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:

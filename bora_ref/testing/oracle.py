@@ -17,7 +17,7 @@ import torch
 from .._validation import BoRAValueError, check_int, check_positive_float
 from ..partition import block_sizes
 from ._truth import QUANTITIES, naive_bora_matmul, rss_scale, term_counts, truth
-from .cases import DEFAULT_CASES, OracleCase, case_values, get_case, place_inputs
+from .cases import _FLOAT_DTYPES, DEFAULT_CASES, OracleCase, case_values, get_case, place_inputs
 from .results import Comparison, OracleFailure, OracleReport, describe_case, dtype_name
 
 __all__ = ["check_implementation", "FLOAT64_RTOL", "DEFAULT_K", "DEFAULT_FLOOR", "CALLS_PER_CASE"]
@@ -81,7 +81,6 @@ Examples:
     (True, True)
 """
 
-_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _ARGS = ("x", "B", "A", "sigma")
 _ORDINAL = ("first", "second")
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -265,8 +264,8 @@ def _check_dtypes(dtypes: Any) -> tuple[torch.dtype, ...]:
     if not isinstance(dtypes, (list, tuple)):
         raise BoRAValueError(f"dtypes must be a list or tuple of torch dtypes, got {dtypes!r}")
     for dtype in dtypes:
-        if dtype not in _DTYPES:
-            raise BoRAValueError(f"dtypes must contain only {_DTYPES}, got {dtype!r}")
+        if dtype not in _FLOAT_DTYPES:
+            raise BoRAValueError(f"dtypes must contain only {_FLOAT_DTYPES}, got {dtype!r}")
     if not dtypes:
         raise BoRAValueError("dtypes must name at least one dtype, got none")
     return tuple(dtypes)

@@ -13,7 +13,7 @@ import torch
 
 from bora_ref import block_sizes, numpy_ref
 from bora_ref.testing import get_case
-from bora_ref.testing.golden import GOLDEN_CASES, golden_arrays, golden_dir, load_golden, read_manifest, verify_golden, write_golden
+from bora_ref.testing.golden import GOLDEN_CASES, GOLDEN_FORMAT_VERSION, golden_arrays, golden_dir, load_golden, read_manifest, verify_golden, write_golden
 
 
 def test_packaged_files_verify_clean():
@@ -154,3 +154,75 @@ def test_check_golden_refuses_bad_directories_and_arguments(tmp_path):
     (tampered / "x-4d-float64.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"must hold intact golden files; verification found: x-4d-float64.npz"):
         check_golden(torch_ref.bora_matmul, directory=tampered)
+
+
+def _copy_with_manifest(tmp_path, edit):
+    """A copy of the packaged golden files whose manifest is ``edit(manifest)``, written by hand."""
+    shutil.copytree(golden_dir(), tmp_path, dirs_exist_ok=True)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    edit(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return tmp_path
+
+
+def test_manifest_records_format_version_and_split_rule():
+    manifest = read_manifest()
+    assert (manifest["format_version"], manifest["split_rule"]) == (GOLDEN_FORMAT_VERSION, "array_split") == (2, "array_split")
+
+
+def test_a_version_1_manifest_without_the_fields_is_read_as_array_split(tmp_path):
+    def as_version_1(m):
+        del m["format_version"], m["split_rule"]
+        m["format"] = "bora_ref golden vectors 1"  # how version 1 manifests named their version
+
+    base = _copy_with_manifest(tmp_path, as_version_1)
+    assert "split_rule" not in json.loads((base / "manifest.json").read_text())
+    assert verify_golden(base) == []
+    name = read_manifest(base)["files"][0]["file"]
+    for key, value in load_golden(name).items():
+        np.testing.assert_array_equal(load_golden(name, base)[key], value)
+
+
+def _set(**fields):
+    return lambda m: m.update(fields)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_set(split_rule="equal-last"), r"manifest '.*manifest.json' has split_rule='equal-last' \(format_version=2\); "
+                                        r"this bora_ref cuts blocks by the 'array_split' rule only"),
+        (lambda m: m.pop("split_rule"), r"has split_rule='<missing>' \(format_version=2\); .*'array_split' rule"),
+        (_set(format_version=3), r"manifest '.*manifest.json' has format_version=3; this bora_ref reads format versions 1, 2"),
+        (lambda m: m.pop("format_version"), r"has format_version='<missing>'; this bora_ref reads format versions 1, 2"),
+        (_set(format_version=True), r"has format_version=True"),
+        (lambda m: (m.pop("format_version"), m.update(format="bora_ref golden vectors 1", split_rule="x")),
+         r"has split_rule='x' \(format_version=1\)"),
+    ],
+    ids=["other-rule", "no-rule", "newer-version", "no-version", "bool-version", "v1-other-rule"],
+)
+def test_manifests_of_another_split_rule_or_version_are_refused_and_left_alone(tmp_path, edit, match):
+    from bora_ref import BoRAValueError, torch_ref
+    from bora_ref.testing import check_golden
+
+    base = _copy_with_manifest(tmp_path, edit)
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    name = read_manifest()["files"][0]["file"]
+    for call in (lambda: read_manifest(base), lambda: verify_golden(base), lambda: load_golden(name, base),
+                 lambda: check_golden(torch_ref.bora_matmul, directory=base)):
+        with pytest.raises(BoRAValueError, match=match):
+            call()
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+
+
+def test_verification_catches_block_sizes_of_another_rule(tmp_path):
+    entry = next(e for e in read_manifest()["files"] if e["m"] % e["b"])  # an uneven split
+    name, row_blocks = entry["file"], entry["row_blocks"]
+    ascending = sorted(row_blocks)  # the same sizes, smaller blocks first: not array_split
+
+    def edit(m):
+        next(e for e in m["files"] if e["file"] == name)["row_blocks"] = ascending
+
+    base = _copy_with_manifest(tmp_path, edit)
+    assert verify_golden(base) == [f"{name}: row_blocks={ascending} col_blocks={entry['col_blocks']} are not the "
+                                   f"array_split blocks {row_blocks} and {entry['col_blocks']}"]
