@@ -30,7 +30,7 @@ from bora_ref import torch_ref
 
 from ._report import Column, markdown_table, write_csv
 from ._timing import Clock, machine_info, steady_malloc
-from .adapter import memory_adapter, time_adapter
+from .adapter import memory_adapter, plain_bmm, time_adapter
 from .layer import time_layer
 from .train_step import time_train_step
 
@@ -66,6 +66,7 @@ ADAPTER_COLUMNS: list[Column] = [
     ("LoRA ms", "lora_ms", ".2f"), ("BoRA ms", "bora_ms", ".2f"), ("BoRA / LoRA", "bora_ratio", ".3f"),
     ("paired IQR", "bora_ratio_iqr", ""), ("limit", "limit", ".3f"), ("ΔW route ms", "ref_ms", ".1f"),
     ("ΔW route / LoRA", "ref_ratio", ".1f"), ("compiled ms", "compiled_ms", ".2f"), ("compiled / LoRA", "compiled_ratio", ".3f"),
+    ("compiled bmm / LoRA", "compiled_bmm_ratio", ".3f"),
 ]
 STRATEGY_COLUMNS: list[Column] = [
     ("shape", "shape", ""), ("r", "r", "d"), ("b", "b", "d"), ("pass", "pass", ""), ("LoRA ms", "lora_ms", ".2f"),
@@ -135,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (15 if args.quick else 30)
     use_compile = cuda if args.compile is None else args.compile
     compiled: Callable[..., torch.Tensor] | None = torch.compile(torch_ref.bora_matmul, dynamic=False) if use_compile else None
+    compiled_bmm: Callable[..., torch.Tensor] | None = torch.compile(plain_bmm, dynamic=False) if use_compile else None
     if args.clock == "cpu" and cuda:
         raise SystemExit("--clock cpu measures host CPU time, not GPU time; use --clock wall on CUDA")
     clock = Clock(args.clock or ("cpu" if not cuda and torch.get_num_threads() == 1 else "wall"), device)
@@ -182,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section("adapter", "Adapter path: bora_matmul vs (x Aᵀ) Bᵀ", STRATEGY_COLUMNS if args.strategies else ADAPTER_COLUMNS,
             collect("adapter", lambda c: time_adapter(*c[:4], **common, clock=clock, repeats=repeats,
                                                       with_ref=c[4] and not args.strategies, compiled=compiled,
-                                                      strategies=args.strategies)))
+                                                      strategies=args.strategies, compiled_bmm=compiled_bmm)))
     section("layer", "Whole layer: BoRALinear vs the LoRA layer", LAYER_COLUMNS, collect("layer", lambda c: time_layer(
         *c[:4], **common, clock=clock, repeats=max(9, repeats // 3), with_ref=c[4], compile_layers=use_compile)))
     section("uneven", "Uneven splits (b does not divide m, n)", UNEVEN_COLUMNS, collect("uneven", lambda c: time_adapter(

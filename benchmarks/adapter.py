@@ -5,7 +5,10 @@ Candidates for ``x (T, n)``, ``A (r, n)``, ``B (m, r)``, ``sigma (b, b, r)``:
 - ``lora``: ``(x @ A.T) @ B.T``, the baseline;
 - ``bora``: ``torch_ref.bora_matmul(x, B, A, sigma)``, the fast path (validation included);
 - ``ref``: ``x @ torch_ref.delta_weight(B, A, sigma).T``, forming the ``(m, n)`` update first;
-- ``compiled``: ``torch.compile(torch_ref.bora_matmul)`` (only with ``--compile``);
+- ``compiled``: ``torch.compile(torch_ref.bora_matmul)`` (only with ``--compile``; the fast path is
+  excluded from compilation, so this measures what compiling the argument checks around it gains);
+- ``compiled_bmm``: ``torch.compile`` of `plain_bmm`, the three batched products written as plain
+  traceable torch code that Inductor may fuse (only with ``--compile``, even splits only);
 - ``bmm``, ``dense``: ``bora_matmul(..., strategy=...)`` forced (only with ``--strategies``), to
   measure the rule of ``torch_ref.choose_strategy`` (``bora`` runs ``strategy="auto"``).
 
@@ -28,7 +31,7 @@ from bora_ref import torch_ref
 from ._memory import peak_extra_bytes
 from ._timing import Clock, interleave, timing_columns
 
-__all__ = ["Operands", "make_operands", "adapter_candidates", "time_adapter", "memory_adapter"]
+__all__ = ["Operands", "make_operands", "plain_bmm", "adapter_candidates", "time_adapter", "memory_adapter"]
 
 MiB = 2.0**20
 DENSE_TIMED_MAX_BR = 64
@@ -70,12 +73,26 @@ def _bora(o: Operands) -> torch.Tensor:
     return torch_ref.bora_matmul(o.x, o.B, o.A, o.sigma)
 
 
+def plain_bmm(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x ΔW^T`` for ``x (T, n)`` and an even split, as plain traceable torch ops (for ``torch.compile``).
+
+    Project ``(b, r, n/b) @ (b, n/b, T)``, mix ``(r, b, b) @ (r, b, T)``, lift ``(b, T, r) @ (b, r, m/b)``,
+    then the ``(b, T, m/b)`` blocks are laid out as ``(T, m)`` (a copy Inductor may fuse).
+    """
+    (T, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
+    z = torch.bmm(A.view(r, b, n // b).transpose(0, 1), x.view(T, b, n // b).permute(1, 2, 0))  # (b, r, T)
+    u = torch.bmm(sigma.permute(2, 0, 1), z.transpose(0, 1))  # (r, b, T)
+    y = torch.bmm(u.permute(1, 2, 0), B.view(b, m // b, r).transpose(1, 2))  # (b, T, m/b)
+    return y.permute(1, 0, 2).reshape(T, m)
+
+
 def _ref(o: Operands) -> torch.Tensor:
     return o.x @ torch_ref.delta_weight(o.B, o.A, o.sigma).T
 
 
 def adapter_candidates(
-    o: Operands, *, with_ref: bool, compiled: Callable[..., torch.Tensor] | None, strategies: bool = False
+    o: Operands, *, with_ref: bool, compiled: Callable[..., torch.Tensor] | None, strategies: bool = False,
+    compiled_bmm: Callable[..., torch.Tensor] | None = None,
 ) -> dict[str, dict[str, Callable[[], Any]]]:
     """``{"fwd": {name: fn}, "fwd+bwd": {name: fn}}`` for the candidates of the module docstring."""
     forms: dict[str, Callable[[Operands], torch.Tensor]] = {"lora": _lora, "bora": _bora}
@@ -88,6 +105,9 @@ def adapter_candidates(
         forms["ref"] = _ref
     if compiled is not None:
         forms["compiled"] = lambda o: compiled(o.x, o.B, o.A, o.sigma)
+    (m, r), n, b = o.B.shape, o.A.shape[1], o.sigma.shape[0]
+    if compiled_bmm is not None and m % b == 0 and n % b == 0:
+        forms["compiled_bmm"] = lambda o: compiled_bmm(o.x, o.B, o.A, o.sigma)
 
     def fwd(form: Callable[[Operands], torch.Tensor]) -> Callable[[], Any]:
         def run() -> None:
@@ -110,6 +130,7 @@ def adapter_candidates(
 def time_adapter(
     m: int, n: int, r: int, b: int, *, tokens: int, dtype: torch.dtype, clock: Clock, repeats: int,
     with_ref: bool, compiled: Callable[..., torch.Tensor] | None = None, ref_runs: int = 2, strategies: bool = False,
+    compiled_bmm: Callable[..., torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per pass (``fwd``, ``fwd+bwd``): medians in ms and ratios to LoRA."""
     o = make_operands(m, n, r, b, tokens, dtype, clock.device)
@@ -118,9 +139,12 @@ def time_adapter(
         with torch.no_grad():
             y_ref = _ref(o)
             err = float((_bora(o) - y_ref).abs().max() / y_ref.abs().max())
+            if compiled_bmm is not None and m % b == 0 and n % b == 0:  # the compiled form must agree too
+                err = max(err, float((compiled_bmm(o.x, o.B, o.A, o.sigma) - y_ref).abs().max() / y_ref.abs().max()))
     rows = []
     strategy = torch_ref.choose_strategy(m, n, r, b, device_type=clock.device.type)
-    for pass_name, fns in adapter_candidates(o, with_ref=with_ref, compiled=compiled, strategies=strategies).items():
+    candidates = adapter_candidates(o, with_ref=with_ref, compiled=compiled, strategies=strategies, compiled_bmm=compiled_bmm)
+    for pass_name, fns in candidates.items():
         times = interleave(fns, repeats=repeats, clock=clock, max_runs={"ref": ref_runs})
         row: dict[str, Any] = {
             "shape": f"{m}x{n}", "m": m, "n": n, "r": r, "b": b, "even": m % b == 0 and n % b == 0,

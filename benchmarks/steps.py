@@ -4,9 +4,11 @@ Supports the analysis in docs/benchmarks.md ("Where the 1.05x target is missed")
 thread, CPU-time clock, interleaved rounds, medians; every ratio is to the first row of its
 group (LoRA's product). Groups, for ``T = 2048`` float32 tokens:
 
-- ``lift``: LoRA's ``z @ B.T`` against BoRA's strided lift into ``y``'s column strips (the
-  ``"bmm"`` strategy), the same after copying ``u`` into a row-major ``(b, T, r)`` layout, and
-  the lift computed as ``y^T`` (contiguous row blocks of ``y^T``, i.e. a column-major ``y``);
+- ``lift``: LoRA's ``z @ B.T`` (written, and added into ``y``) against BoRA's strided lift into
+  ``y``'s column strips, written (BLAS ``beta = 0``) and added (``beta = 1``, what the
+  ``"bmm"`` strategy runs, after a zero fill or into the layer's base output), the zero fill
+  alone, the lift after copying ``u`` into a row-major ``(b, T, r)`` layout, and the lift
+  computed as ``y^T`` (contiguous row blocks of ``y^T``, i.e. a column-major ``y``);
 - ``project``: LoRA's ``x @ A.T`` against BoRA's block projection into the strided ``(r, b, T)``
   layout and into a contiguous ``(b, r, T)`` tensor, and the mixing ``bmm`` on its own;
 - ``add``: the layer's residual add ``base + update * s`` with a row-major and a column-major
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         groups = {
             "lift": {
                 "LoRA z @ B.T": lambda: torch.mm(z, B.T, out=y),
-                "BoRA lift into column strips (bmm)": lambda: torch.bmm(ut.permute(1, 2, 0), Bb.transpose(1, 2), out=yb),
+                "LoRA z @ B.T added into y (addmm_, BLAS beta = 1)": lambda: y.addmm_(z, B.T),
+                "BoRA lift into column strips (bmm, beta = 0)": lambda: torch.bmm(ut.permute(1, 2, 0), Bb.transpose(1, 2), out=yb),
+                "BoRA lift added into column strips (baddbmm_, beta = 1)": lambda: yb.baddbmm_(ut.permute(1, 2, 0), Bb.transpose(1, 2)),
+                "zero fill of y alone": lambda: y.zero_(),
                 "copy u to (b, T, r), then lift": copy_then_lift,
                 "lift as y^T (column-major y)": lambda: torch.bmm(Bb, ut.transpose(0, 1), out=yT.view(b, mb, T)),
             },

@@ -7,7 +7,8 @@ and is differentiable in all its arguments.
 
 ``bora_matmul`` never allocates an ``(m, n)`` tensor: it projects with ``A`` block-wise, mixes
 the ``b`` projections with the ``b x b`` diagonals (per rank channel), and lifts with ``B``
-block-wise, each step a strided batched matmul on views (strategy ``"bmm"``, `_BoRAMatmul`).
+block-wise, each step a strided batched matmul on views, the lift added into a zero-filled
+output (strategy ``"bmm"``, `_BoRAMatmul`; ``BoRALinear`` adds it into its base output instead).
 Besides its output ``(N, m)`` it allocates (and saves for backward) two ``(b r N)``-element
 tensors, so it costs LoRA's two matmuls plus ``b² r`` multiply-adds per token. Strategy
 ``"dense"`` (`_DenseBoRAMatmul`) runs two plain GEMMs on the factors expanded to ``(n, b r)``
@@ -20,12 +21,13 @@ data-dependent check would force a device sync on every forward.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from ._validation import BoRAValueError, check_b, check_factors, check_int, check_same_dtype_device, check_x
-from .partition import block_runs, block_sizes
+from .partition import BlockRun, block_runs, block_sizes
 
 __all__ = ["delta_weight", "bora_matmul", "choose_strategy", "STRATEGIES"]
 
@@ -128,8 +130,9 @@ Examples:
 """
 
 # The rule of choose_strategy, measured with ``python -m benchmarks --sections adapter --strategies``
-# (T = 2048, float32, docs/benchmarks.md): "dense" when b r is at most this, by torch thread count
-# (1, or 2 and more); 0: only for b = 1.
+# (T = 2048, float32, docs/benchmarks.md; one thread re-measured with the accumulating lift, "bmm"
+# faster in every cell): "dense" when b r is at most this, by torch thread count (1, or 2 and
+# more); 0: only for b = 1.
 _DENSE_MAX_BR = {1: 0, 2: 0}
 
 
@@ -180,19 +183,31 @@ def _choose_strategy(m: int, n: int, r: int, b: int, threads: int | None, device
     return "dense" if b * r <= _DENSE_MAX_BR[min(threads, 2)] else "bmm"
 
 
-# torch.compile runs this eagerly, as one opaque call: Dynamo cannot trace ``out=`` into strided
-# views, and tracing the block loops instead recompiles for every block shape.
+# torch.compile runs this eagerly, as one opaque call: Dynamo cannot trace ``out=`` and in-place
+# products into strided views, and tracing the block loops instead recompiles for every block
+# shape (a compiled plain-bmm form was measured slower on CPU: docs/benchmarks.md).
 @torch.compiler.disable
 def _bora_matmul(
-    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, strategy: str = "auto"
+    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, strategy: str = "auto", *,
+    scale: float = 1.0, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unchecked fast path (the layer calls this after validating once at construction)."""
+    """Unchecked fast path (the layer calls this after validating once at construction).
+
+    ``scale`` multiplies the result (folded into the ``(b, b, r)`` mixing, so it costs no pass
+    over the output). ``out`` (``(..., m)``, contiguous, the dtype and device of ``x``): add the
+    result into it in place and return it, its gradient being the output's (the layer's base
+    output, so the residual add costs no extra pass); ``out`` must not be needed by anything
+    else's backward. Without autograd work to do, no ``autograd.Function`` is involved.
+    """
     (m, r), n, b = B.shape, A.shape[1], sigma.shape[0]
     if strategy == "auto":
         strategy = _choose_strategy(m, n, r, b, None, x.device.type)
     function = _DenseBoRAMatmul if strategy == "dense" else _BoRAMatmul
-    y = function.apply(x.reshape(-1, n), B, A, sigma)  # (N, m)
-    return y.reshape(*x.shape[:-1], m)
+    if torch.is_grad_enabled() and (
+        x.requires_grad or B.requires_grad or A.requires_grad or sigma.requires_grad or (out is not None and out.requires_grad)
+    ):
+        return function.apply(out, x, B, A, sigma, scale)
+    return function.compute(out, x, B, A, sigma, scale)[0]
 
 
 def _refuse_higher_order() -> None:
@@ -206,23 +221,26 @@ def _refuse_higher_order() -> None:
         )
 
 
-_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition)
+# The blocks as at most two runs of equal sizes (bora_ref.partition), cached: computed on every call.
+_runs = functools.lru_cache(maxsize=1024)(block_runs)
 
 
-def _blocks(t: torch.Tensor, run: _Run, axis: int, *, transpose: bool = False) -> torch.Tensor:
+def _blocks(t: torch.Tensor, run: BlockRun, axis: int, *, transpose: bool = False) -> torch.Tensor:
     """The run's blocks of a 2-D ``t`` along ``axis``, stacked in front: a strided view, no copy.
 
     ``axis=1``, ``t (rows, dim)`` -> ``(count, rows, size)``; ``axis=0``, ``t (dim, cols)`` ->
     ``(count, size, cols)``; ``transpose=True`` swaps the last two dimensions.
     """
-    shape, strides = list(t.shape), list(t.stride())
-    step = strides[axis]
-    shape[axis] = run.size
+    (rows, cols), (s0, s1) = t.shape, t.stride()
+    if axis == 1:
+        shape, strides, step = [rows, run.size], [s0, s1], s1
+    else:
+        shape, strides, step = [run.size, cols], [s0, s1], s0
     if transpose:
         shape.reverse()
         strides.reverse()
-    # narrow() sets the start; as_strided() keeps it (no storage_offset(), which torch.compile cannot trace).
-    return t.narrow(axis, run.offset, run.count * run.size).as_strided((run.count, *shape), (run.size * step, *strides))
+    # One as_strided call (the callers run eagerly, see _bora_matmul): narrow() + as_strided() costs twice as much.
+    return t.as_strided((run.count, *shape), (run.size * step, *strides), t.storage_offset() + run.offset * step)
 
 
 # MKL writes an output strip that does not start on a 64-byte line up to 2x slower when the
@@ -232,84 +250,130 @@ _LINE_BYTES = 64
 _ALIGNED_WRITES_MIN_BYTES = 2**20  # per block strip; below it the extra calls cost more than they save
 
 
-def _write_col_blocks(out: torch.Tensor, u: torch.Tensor, w: torch.Tensor, runs: tuple[_Run, ...]) -> None:
-    """``out[:, block i] = u[i] @ w[block i].T`` for every block: ``out (N, dim)``, ``u (b, N, r)``, ``w (dim, r)``.
+def _add_col_blocks(out: torch.Tensor, u: torch.Tensor, w: torch.Tensor, runs: tuple[BlockRun, ...]) -> None:
+    """``out[:, block i] += u[i] @ w[block i].T`` for every block: ``out (N, dim)``, ``u (b, N, r)``, ``w (dim, r)``.
 
-    One ``bmm`` per run, unless (on CPU) the blocks are large and some start off a cache line:
-    then block by block, from the last, each product widened to start at the line below its
-    block. The widened part belongs to earlier blocks, which are written afterwards.
+    Accumulates (BLAS ``beta = 1``): MKL's ``beta = 0`` GEMM into strided column strips runs
+    1.2-1.7x slower than accumulating into them (measured at 896² and 4096², T = 2048, one
+    thread), so a fresh output is zero-filled first (one fast pass) and then accumulated into.
+    One ``baddbmm_`` per run, unless (on CPU) the blocks are large and some start off a cache
+    line (MKL accumulates into such strips ~4x slower: 12.1 ms against 3.1 ms for LoRA's lift,
+    4096², b = 7): then block by block, each ``addmm_`` widened to start at the line below its
+    block, with zero rows of ``w`` for the widened part, so the neighbouring block gains ``+0``.
     """
     (N, dim), unit = out.shape, _LINE_BYTES // out.element_size()
     misaligned = dim % unit == 0 and any(run.size % unit for run in runs)  # rows start on a line
     if out.device.type == "cpu" and misaligned and N * (dim // len(u)) * out.element_size() >= _ALIGNED_WRITES_MIN_BYTES:
-        for run in reversed(runs):
-            for i in reversed(range(run.count)):
+        for run in runs:
+            for i in range(run.count):
                 start = run.offset + i * run.size
                 lo, hi = start - start % unit, start + run.size
-                torch.mm(u[run.first + i], w[lo:hi].T, out=out[:, lo:hi])
+                w_i = w[start:hi]
+                if lo < start:  # rows lo..start of the widened weights are zero
+                    w_i = torch.cat([w_i.new_zeros(start - lo, w.shape[1]), w_i])
+                out[:, lo:hi].addmm_(u[run.first + i], w_i.T)
         return
     for run in runs:
-        # (count, N, r) @ (count, r, size) -> the run's column blocks of out
-        torch.bmm(u[run.first : run.first + run.count], _blocks(w, run, 0, transpose=True), out=_blocks(out, run, 1))
+        # (count, N, r) @ (count, r, size) -> added into the run's column blocks of out
+        u_run = u if len(runs) == 1 else u[run.first : run.first + run.count]
+        _blocks(out, run, 1).baddbmm_(u_run, _blocks(w, run, 0, transpose=True))
+
+
+def _output(out: torch.Tensor | None, x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(..., m)`` output and its ``(N, m)`` view: ``out`` (to add into), or a fresh zero-filled one.
+
+    The output returned is never a view made here (autograd refuses saved views of a returned one).
+    """
+    y = x.new_zeros(*x.shape[:-1], m) if out is None else out
+    return y, y.view(-1, m)
 
 
 class _BoRAMatmul(torch.autograd.Function):
-    """``y = x ΔW^T`` for ``x (N, n)`` as strided batched matmuls; saves only ``(r, b, N)`` tensors.
+    """``y = s · x ΔW^T`` for ``x (..., n)`` as strided batched matmuls; saves only ``(r, b, N)`` tensors.
 
-    Forward, with ``z_j = A_j x_j^T`` and ``u_i = Σ_j diag(σ_ij) z_j`` (``(r, N)`` per block):
+    Forward, with ``z_j = A_j x_j^T`` and ``u_i = s Σ_j diag(σ_ij) z_j`` (``(r, N)`` per block):
 
     1. project: one ``bmm`` per run of equal column blocks, ``(count, r, n_j) @ (count, n_j, N)``,
        reading ``x``'s blocks in place (strided views) into a contiguous ``zb (b, r, N)`` (a
        contiguous output lets torch pass the whole batch to one batched BLAS call), used as
        ``zt (r, b, N)``;
-    2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r`` -> ``ut``;
-    3. lift: one ``bmm`` per run of row blocks, written through ``out=`` straight into the
-       column blocks of ``y (N, m)`` (no transpose copy, no concatenation; large blocks off the
-       cache line block by block instead, see `_write_col_blocks`).
+    2. mix: per rank channel ``k`` a ``(b, b) @ (b, N)`` product, one ``bmm`` over ``r`` -> ``ut``
+       (the scale ``s`` folded into the ``(r, b, b)`` mixing matrices);
+    3. lift: one ``baddbmm_`` per run of row blocks, added through strided views straight into
+       the column blocks of ``y (N, m)`` (no transpose copy, no concatenation; see
+       `_add_col_blocks`): ``y`` is a zero-filled new tensor, or the caller's ``out``.
 
-    Every product is an ``out=`` BLAS call on views, so ``x`` and ``y`` are never copied and the
-    dtype is the inputs' even under autocast (``out=`` ops are not autocast). The backward runs the
-    transposed steps in reverse order the same way. An uneven split is two runs (array_split's
-    larger blocks, then the smaller ones), so it costs two ``bmm`` calls per step instead of one.
+    Every product is a BLAS call on views, so ``x`` and ``y`` are never copied and the dtype is
+    the inputs' even under autocast (``out=`` and in-place ops are not autocast). The backward
+    runs the transposed steps in reverse order the same way. An uneven split is two runs
+    (array_split's larger blocks, then the smaller ones), so it costs two calls per step.
+    Arguments: ``(out, x, B, A, sigma, scale)``; with ``out`` the result is added into it in
+    place (``mark_dirty``) and its gradient is the output's. ``out`` comes first: when it is a
+    view, autograd's rebase (``CopySlices``) takes the first gradient as the view's.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
-        ctx.row_runs, ctx.col_runs = _runs(m, b), _runs(n, b)
+    def compute(
+        out: torch.Tensor | None, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, ...]:
+        """The forward without autograd: ``(y, x2, sigma_k, zt, ut)``."""
+        (m, r), n, b = B.shape, A.shape[1], sigma.shape[0]
+        x2 = x.reshape(-1, n)
+        N = x2.shape[0]
         # zb[j] = A_j @ x_j^T. A contiguous output per run lets torch hand each bmm to the BLAS as
         # one batched call (a strided out= runs one GEMM per block: b parallel regions on 2 threads).
-        zb = x.new_empty(b, r, N)
-        for run in ctx.col_runs:
+        zb = x2.new_empty(b, r, N)
+        col_runs = _runs(n, b)
+        for run in col_runs:
             # (count, r, n_j) @ (count, n_j, N) -> (count, r, N)
-            torch.bmm(_blocks(A, run, 1), _blocks(x, run, 1, transpose=True), out=zb[run.first : run.first + run.count])
+            zb_run = zb if len(col_runs) == 1 else zb[run.first : run.first + run.count]
+            torch.bmm(_blocks(A, run, 1), _blocks(x2, run, 1, transpose=True), out=zb_run)
         zt = zb.transpose(0, 1)  # (r, b, N) view, rank channel first, for the mixing bmm
-        sigma_k = sigma.permute(2, 0, 1).contiguous()  # (r, b, b): sigma_k[k] = sigma[:, :, k]
-        ut = x.new_empty(r, b, N)
-        torch.bmm(sigma_k, zt, out=ut)  # ut[k, i] = sum_j sigma[i, j, k] * zt[k, j]
-        y = x.new_empty(N, m)
-        _write_col_blocks(y, ut.permute(1, 2, 0), B, ctx.row_runs)  # y_i = u_i^T B_i^T
-        ctx.save_for_backward(x, B, A, sigma_k, zt, ut)
+        # (r, b, b): sigma_k[k] = s * sigma[:, :, k]; always a copy (contiguous() may return sigma itself, b = 1)
+        sigma_k = sigma.permute(2, 0, 1).clone(memory_format=torch.contiguous_format)
+        if scale != 1.0:
+            sigma_k.mul_(scale)
+        ut = x2.new_empty(r, b, N)
+        torch.bmm(sigma_k, zt, out=ut)  # ut[k, i] = sum_j s sigma[i, j, k] * zt[k, j]
+        y, y2 = _output(out, x, m)
+        _add_col_blocks(y2, ut.permute(1, 2, 0), B, _runs(m, b))  # y_i += u_i^T B_i^T
+        return y, x2, sigma_k, zt, ut
+
+    @staticmethod
+    def forward(
+        ctx: Any, out: torch.Tensor | None, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        y, x2, sigma_k, zt, ut = _BoRAMatmul.compute(out, x, B, A, sigma, scale)
+        if out is not None:
+            ctx.mark_dirty(out)
+        ctx.x_shape, ctx.scale, ctx.has_out = x.shape, scale, out is not None
+        # x itself when x2 is a view of it (a view made here cannot be saved), else the copy x2.
+        ctx.save_for_backward(x if x.is_contiguous() else x2, B, A, sigma_k, zt, ut)
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, gy_full: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         _refuse_higher_order()
         x, B, A, sigma_k, zt, ut = ctx.saved_tensors
-        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
-        (N, n), (m, r), b = x.shape, B.shape, zt.shape[1]
+        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad[1:5]
+        (m, r), n, b = B.shape, A.shape[1], zt.shape[1]
+        x = x.reshape(-1, n)
+        N = x.shape[0]
+        row_runs, col_runs = _runs(m, b), _runs(n, b)
+        gy = gy_full.reshape(N, m)
         gx = gB = gA = gsigma = None
 
         gub = gy.new_empty(b, r, N)  # d loss / d ut, block first (contiguous outputs, as in forward)
-        for run in ctx.row_runs:
+        for run in row_runs:
             # (count, r, m_i) @ (count, m_i, N) -> (count, r, N)
-            out = gub[run.first : run.first + run.count]
-            torch.bmm(_blocks(B, run, 0, transpose=True), _blocks(gy, run, 1, transpose=True), out=out)
+            torch.bmm(_blocks(B, run, 0, transpose=True), _blocks(gy, run, 1, transpose=True),
+                      out=gub[run.first : run.first + run.count])
         gut = gub.transpose(0, 1)  # (r, b, N) view
         if need_B:
             # Computed transposed, (r, m_i) per block: MKL's (m_i, N) @ (N, r) is up to 12x slower at r = 8.
             gB = gy.new_empty(m, r)
-            for run in ctx.row_runs:
+            for run in row_runs:
                 # (count, r, N) @ (count, N, m_i) -> (count, r, m_i), then into B's layout (a small copy)
                 u_blocks = ut[:, run.first : run.first + run.count].transpose(0, 1)
                 gBb = torch.bmm(u_blocks, _blocks(gy, run, 1))
@@ -318,21 +382,24 @@ class _BoRAMatmul(torch.autograd.Function):
             gsigma_kji = gy.new_empty(r, b, b)
             torch.bmm(zt, gut.transpose(1, 2), out=gsigma_kji)  # [k, j, i] = sum_n zt[k, j, n] * gut[k, i, n]
             gsigma = gsigma_kji.permute(2, 1, 0).contiguous()  # (b, b, r)
+            if ctx.scale != 1.0:
+                gsigma.mul_(ctx.scale)
         if need_x or need_A:
             gzt = gy.new_empty(r, b, N)
-            torch.bmm(sigma_k.transpose(1, 2), gut, out=gzt)  # gzt[k, j] = sum_i sigma[i, j, k] * gut[k, i]
+            torch.bmm(sigma_k.transpose(1, 2), gut, out=gzt)  # gzt[k, j] = sum_i s sigma[i, j, k] * gut[k, i]
             del gut  # lowers the peak: gx below is the largest allocation
             if need_x:
-                gx = gy.new_empty(N, n)
-                _write_col_blocks(gx, gzt.permute(1, 2, 0), A.T, ctx.col_runs)  # gx_j = gz_j^T A_j
+                gx = gy.new_zeros(N, n)
+                _add_col_blocks(gx, gzt.permute(1, 2, 0), A.T, col_runs)  # gx_j = gz_j^T A_j
+                gx = gx.view(ctx.x_shape)
             if need_A:
                 gA = gy.new_empty(r, n)
-                for run in ctx.col_runs:
+                for run in col_runs:
                     # (count, r, N) @ (count, N, n_j) -> (count, r, n_j), then into A's column blocks
                     gz = gzt[:, run.first : run.first + run.count].transpose(0, 1)
                     gAb = torch.bmm(gz, _blocks(x, run, 1))
                     gA[:, run.offset : run.offset + run.count * run.size] = gAb.transpose(0, 1).reshape(r, -1)
-        return gx, gB, gA, gsigma
+        return gy_full if ctx.has_out else None, gx, gB, gA, gsigma, None
 
 
 def _expanded_factors(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,33 +425,59 @@ def _expanded_factors(B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> 
 
 
 class _DenseBoRAMatmul(torch.autograd.Function):
-    """``y = (x Qt) W`` with the expanded factors of `_expanded_factors`: two plain GEMMs.
+    """``y = s · (x Qt) W`` with the expanded factors of `_expanded_factors`: two plain GEMMs.
 
     ``b`` times LoRA's multiply-adds, but whole-row outputs and one BLAS call per product, which
     wins when ``b r`` is small. The backward runs the transposed GEMMs in the orientations MKL is
     fast at for thin operands (``(b r, N) @ (N, n)``, never ``(n, N) @ (N, b r)``) and folds the
-    gradients of ``Qt`` and ``W`` back onto ``A``, ``B`` and ``sigma``.
+    gradients of ``Qt`` and ``W`` back onto ``A``, ``B`` and ``sigma``. Arguments as
+    `_BoRAMatmul`: ``(out, x, B, A, sigma, scale)``, ``s`` folded into ``W``.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        Qt, W = _expanded_factors(B, A, sigma)
-        z = torch.mm(x, Qt)  # (N, b r)
-        y = torch.mm(z, W)  # (N, m)
-        ctx.save_for_backward(x, B, sigma, Qt, W, z)
+    def compute(
+        out: torch.Tensor | None, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, ...]:
+        """The forward without autograd: ``(y, x2, sigma_s, Qt, W, z)``, ``sigma_s = s sigma``."""
+        m, n = B.shape[0], A.shape[1]
+        sigma_s = sigma * scale if scale != 1.0 else sigma
+        Qt, W = _expanded_factors(B, A, sigma_s)
+        x2 = x.reshape(-1, n)
+        z = torch.mm(x2, Qt)  # (N, b r)
+        if out is None:
+            y = x.new_empty(*x.shape[:-1], m)  # (..., m), never a view made here (see _output)
+            torch.mm(z, W, out=y.view(-1, m))
+        else:
+            out.view(-1, m).addmm_(z, W)
+            y = out
+        return y, x2, sigma_s, Qt, W, z
+
+    @staticmethod
+    def forward(
+        ctx: Any, out: torch.Tensor | None, x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sigma: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        y, x2, sigma_s, Qt, W, z = _DenseBoRAMatmul.compute(out, x, B, A, sigma, scale)
+        if out is not None:
+            ctx.mark_dirty(out)
+        ctx.x_shape, ctx.scale, ctx.has_out = x.shape, scale, out is not None
+        ctx.save_for_backward(x if x.is_contiguous() else x2, B, sigma_s, Qt, W, z)
         return y
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, gy_full: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         _refuse_higher_order()
-        x, B, sigma, Qt, W, z = ctx.saved_tensors
-        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad
-        (N, n), (m, r), b = x.shape, B.shape, sigma.shape[0]
+        x, B, sigma, Qt, W, z = ctx.saved_tensors  # sigma: the scaled s * sigma that built W
+        need_x, need_B, need_A, need_sigma = ctx.needs_input_grad[1:5]
+        (m, r), n, b = B.shape, Qt.shape[0], sigma.shape[0]
+        x = x.reshape(-1, n)
+        N = x.shape[0]
+        gy = gy_full.reshape(N, m)
         gx = gB = gA = gsigma = None
         if need_x or need_A:
             gzt = torch.mm(W, gy.T)  # (b r, N) = (gy W^T)^T
             if need_x:
-                gx = torch.mm(gzt.T, Qt.T)  # (N, n)
+                gx = torch.mm(gzt.T, Qt.T).view(ctx.x_shape)  # (..., n)
             if need_A:
                 gQ = torch.mm(gzt, x).view(b, r, n)  # (b r, n) = gQt^T; only its diagonal blocks are kept
                 gA = gy.new_empty(r, n)
@@ -404,4 +497,6 @@ class _DenseBoRAMatmul(torch.autograd.Function):
                 if gsigma is not None:  # gsigma[i, j, k] = sum_p B_i[p, k] gW[j, k, i, p]
                     B_run = B[run.offset : run.offset + run.count * run.size].view(run.count, run.size, r)
                     gsigma[run.first : run.first + run.count] = torch.einsum("ipk,jkip->ijk", B_run, G)
-        return gx, gB, gA, gsigma
+            if gsigma is not None and ctx.scale != 1.0:
+                gsigma.mul_(ctx.scale)  # W holds s * sigma
+        return gy_full if ctx.has_out else None, gx, gB, gA, gsigma, None

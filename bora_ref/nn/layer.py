@@ -224,6 +224,12 @@ class BoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the scaled BoRA update, via the fast path (ΔW is never formed).
 
+        When the adapter dtype equals the base output's (and the layer is not merged, and
+        autocast is off), the base layer runs on the tokens flattened to ``(N, n)`` and the
+        update is accumulated in place into its fresh output, with the scaling folded into the
+        ``(b, b, r)`` mixing: no extra pass over the ``(..., m)`` output. Otherwise the update is
+        computed in the adapter dtype and added out of place.
+
         Args:
             x: ``(..., n)``.
 
@@ -242,12 +248,27 @@ class BoRALinear(nn.Module):
             raise BoRAValueError(f"x is on {x.device} but the layer is on {weight.device}")
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise BoRAValueError(f"x has dtype {x.dtype} but the base layer's weight is {weight.dtype} (and autocast is off)")
-        result = self.base(x)
         if self.merged:
-            return result
-        x_a = self.dropout(x).to(self.lora_A.dtype)
-        update = torch_ref._bora_matmul(x_a, self.lora_B, self.lora_A, self.effective_sigma())  # (..., m)
-        return result + (update * self.scaling).to(result.dtype)
+            return self.base(x)
+        B, A = self.lora_B, self.lora_A
+        if A.dtype == weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            # The scaled update is added straight into the base output: the lift accumulates into
+            # it (nn.Linear saves its input, never its output, for backward; the output's gradient
+            # passes through), so the residual add and the scaling cost no pass over (..., m).
+            # Tokens flattened first: nn.Linear's output for a 3-D input is a view, and adding into
+            # a view would make autograd copy the whole gradient once more.
+            x2 = x.reshape(-1, self.in_features)
+            result = self.base(x2)
+            if result.dtype == A.dtype and result.is_contiguous() and result._base is None:
+                y = torch_ref._bora_matmul(self.dropout(x2), B, A, self.effective_sigma(), scale=self.scaling, out=result)
+                return y.view(*x.shape[:-1], self.out_features)
+            result = result.view(*x.shape[:-1], self.out_features)
+        else:
+            result = self.base(x)
+        # Different dtypes (a float16/bfloat16 base with a float32 adapter, or autocast): out of place.
+        x_a = self.dropout(x).to(A.dtype)
+        update = torch_ref._bora_matmul(x_a, B, A, self.effective_sigma(), scale=self.scaling)  # (..., m), scaled
+        return result + update.to(result.dtype)
 
     @torch.no_grad()
     def merge(self, safe: bool = False) -> None:
