@@ -176,3 +176,119 @@ def test_structured_svd_is_backward_stable_in_the_factors_not_exact(b, delta):
     bound = max(m, n) * EPS64 * factor_abs_norm(B, A, sigma)
     assert np.abs(S - exact).max() <= bound
     assert bound > 1e3 * EPS64 * exact[0]  # so a guarantee relative to σ₁ would be false here
+
+
+# --- adversarial factors, input layouts, the budget with vectors ---------------------------------------------------
+
+
+def _hard_factors(rng, m, n, r, b, scale, zero, cancel, duplicate):
+    """Gaussian factors made hard on purpose: blocks scaled by up to 2**±40, zero blocks, channels that
+    cancel (a rank-1 update of norm ~1e-9 carried by two channels of norm ~1), duplicated columns."""
+    B, A, sigma = random_factors(rng, m, n, r, b)
+    rows, cols = block_slices(m, b), block_slices(n, b)
+    if scale:
+        for i, sl in enumerate(rows):
+            B[sl] *= 2.0 ** int(rng.integers(-40, 41))
+        for j, sl in enumerate(cols):
+            A[:, sl] *= 2.0 ** int(rng.integers(-40, 41))
+        sigma *= 2.0 ** rng.integers(-20, 21, size=(b, b, 1)).astype(float)
+    if zero:
+        B[rows[int(rng.integers(b))]] = 0.0
+        sigma[int(rng.integers(b)), int(rng.integers(b))] = 0.0
+    if cancel and r >= 2:
+        B[:, 1] = B[:, 0] + 1e-9 * rng.standard_normal(m)
+        A[1] = A[0]
+        sigma[:, :, 1] = -sigma[:, :, 0]
+    if duplicate and r >= 3:
+        B[:, 2] = B[:, 0]  # rank-deficient blocks: Cholesky of B_i^T B_i would break down here
+    return B, A, sigma
+
+
+@given(
+    bst.shapes(max_dim=40, max_r=12),
+    st.integers(0, 2**31),
+    st.booleans(), st.booleans(), st.booleans(), st.booleans(),
+)
+def test_backward_stable_on_hard_factors_whole_arrays(shape, seed, scale, zero, cancel, duplicate):
+    """The documented guarantee: every σ_k within c·eps·‖|P||S||Q|‖_F of the exact one, and the
+    structured SVD a thin SVD of ΔW within the same amount, for r above or below the block sizes,
+    even or uneven splits, and factors that are badly scaled, zero, cancelling or rank-deficient."""
+    from bora_ref.analysis.tolerance import factor_abs_norm
+
+    m, n, r, b = shape
+    B, A, sigma = _hard_factors(np.random.default_rng(seed), m, n, r, b, scale, zero, cancel, duplicate)
+    delta, dense = _dense(B, A, sigma)  # the reference: NumPy's dense SVD of numpy_ref.delta_weight
+    # Forming ΔW errs by <= r eps (|P||S||Q|) entrywise and each SVD is backward stable, hence the form.
+    tol = 10 * max(m, n, r) * EPS64 * factor_abs_norm(B, A, sigma)
+    np.testing.assert_allclose(singular_values(B, A, sigma), dense, rtol=0, atol=tol)
+    U, S, Vh = structured_svd(B, A, sigma)
+    k = len(S)
+    np.testing.assert_allclose(S, dense[:k], rtol=0, atol=tol)
+    np.testing.assert_allclose((U * S) @ Vh, delta, rtol=0, atol=tol)
+    np.testing.assert_allclose(U.T @ U, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+    np.testing.assert_allclose(Vh @ Vh.T, np.eye(k), rtol=0, atol=100 * max(m, n) * EPS64)
+
+
+_LAYOUTS = {
+    "fortran-order": lambda x: np.asfortranarray(x),
+    "transposed-view": lambda x: np.ascontiguousarray(x.T).T,
+    "negative-strides": lambda x: np.flip(np.flip(x, axis=0).copy(), axis=0),
+    "strided-slice": lambda x: np.repeat(x, 2, axis=-1)[..., ::2],
+    "read-only": lambda x: _read_only(x),
+    "big-endian": lambda x: x.astype(">f8"),
+    "float32": lambda x: x.astype(np.float32),
+}
+
+
+def _read_only(x):
+    x = x.copy()
+    x.setflags(write=False)
+    return x
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+@pytest.mark.parametrize("shape", [(48, 40, 3, 4), (10, 7, 5, 4), (33, 64, 6, 5)], ids=["r<blocks", "r>blocks", "uneven"])
+def test_any_memory_layout_gives_the_dense_result(layout, shape, rng):
+    # Float64 NumPy inputs are read in place (no copy); whatever their strides, the result is the
+    # dense SVD of the reference ΔW of the same values, and the inputs are left unchanged.
+    m, n, r, b = shape
+    factors = random_factors(rng, m, n, r, b)
+    B, A, sigma = (_LAYOUTS[layout](x) for x in factors)
+    values = [np.array(x, dtype=np.float64) for x in (B, A, sigma)]  # what the function is given, in float64
+    delta, dense = _dense(*values)
+    tol = _weyl_atol(m, n, dense[0])
+    np.testing.assert_allclose(singular_values(B, A, sigma), dense, rtol=0, atol=tol)
+    U, S, Vh = structured_svd(B, A, sigma)
+    np.testing.assert_allclose((U * S) @ Vh, delta, rtol=0, atol=tol)
+    for before, after in zip(values, (B, A, sigma)):
+        np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("fn", [singular_values, structured_svd])
+@pytest.mark.parametrize(
+    ("where", "value", "match"),
+    [("B", np.nan, "B contains NaN or infinity"), ("A", -np.inf, "A contains NaN or infinity"),
+     ("sigma", np.nan, "sigma contains NaN or infinity")],
+)
+def test_non_finite_float64_input_is_refused_by_name(fn, where, value, match, rng):
+    B, A, sigma = random_factors(rng, 16, 12, 3, 2)
+    args = {"B": B, "A": A, "sigma": sigma}
+    args[where].flat[5] = value
+    with pytest.raises(ValueError, match=match):
+        fn(B, A, sigma)
+
+
+def test_the_budget_counts_the_singular_vectors(monkeypatch):
+    # structured_svd also holds U (m, k), Vh (k, n) and the blocks' Q: a budget between the two
+    # estimates refuses it and still allows singular_values.
+    import bora_ref.analysis.budget as budget
+
+    m, n, r, b = 60, 50, 6, 5
+    without, with_vectors = budget.structured_svd_bytes(m, n, r, b), budget.structured_svd_bytes(m, n, r, b, vectors=True)
+    K, L = budget.blocked_min(m, b, r), budget.blocked_min(n, b, r)
+    assert with_vectors - without >= 8 * (m + n) * min(K, L)  # at least the vectors themselves
+    B, A, sigma = random_factors(np.random.default_rng(0), m, n, r, b)
+    monkeypatch.setattr(budget, "MEMORY_BUDGET_BYTES", without)
+    singular_values(B, A, sigma)
+    with pytest.raises(ValueError, match=r"the structured SVD with m=60, n=50, r=6, b=5 needs about .* above the memory budget"):
+        structured_svd(B, A, sigma)

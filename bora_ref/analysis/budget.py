@@ -12,10 +12,12 @@ Estimates (float64 = 8 bytes; $k_i = \\min(r, m_i)$, $l_j = \\min(r, n_j)$, $K =
 $L = \\sum_j l_j$):
 
 - factors ``B (m, r)``, ``A (r, n)``, ``sigma (b, b, r)`` in float64: $8 (m r + r n + b^2 r)$;
-- structured SVD on top of its float64 copies of the factors: the per-block triangular
-  factors $8 (K + L) r$, the products that form the core $8 b K r$, the core with its
-  SVD workspace $3 \\cdot 8 K L$, and the ``(r, r)`` Gram matrices of the default rank
-  tolerance (`bora_ref.analysis.tolerance.abs_norm_factors`) $3 \\cdot 8 b r^2$;
+- structured SVD on top of its float64 copies of the factors: LAPACK's working copies of the
+  blocks $8 (m + n) r$, the per-block triangular factors $8 (K + L) r$, the array that forms
+  the core $8 b r L$, the core with its SVD workspace $3 \\cdot 8 K L$, and the ``(r, r)``
+  Gram matrices of the default rank tolerance (`bora_ref.analysis.tolerance.abs_norm_factors`)
+  $3 \\cdot 8 b r^2$; with the singular vectors also the blocks' orthonormal factors
+  $8 (m + n) r$ and the vectors themselves $8 (m + n) \\min(K, L)$;
 - a layer's adapter: $(r n + m r + b^2 r)$ times the adapter dtype's item size.
 
 This module never imports torch.
@@ -53,10 +55,12 @@ def factor_bytes(m: int, n: int, r: int, b: int) -> int:
     return 8 * (m * r + r * n + b * b * r)
 
 
-def structured_svd_bytes(m: int, n: int, r: int, b: int) -> int:
-    """Working memory of the structured SVD of an ``(m, n)`` update (float64 factor copies included)."""
+def structured_svd_bytes(m: int, n: int, r: int, b: int, *, vectors: bool = False) -> int:
+    """Working memory of the structured SVD of an ``(m, n)`` update (float64 factor copies included);
+    ``vectors``: with the singular vectors ([`structured_svd`][bora_ref.structured_svd])."""
     K, L = blocked_min(m, b, r), blocked_min(n, b, r)
-    return factor_bytes(m, n, r, b) + 8 * (K + L) * r + 8 * b * K * r + 3 * 8 * K * L + 3 * 8 * b * r * r
+    nbytes = factor_bytes(m, n, r, b) + 8 * (m + n + K + L) * r + 8 * b * r * L + 3 * 8 * K * L + 3 * 8 * b * r * r
+    return nbytes + 8 * (m + n) * (r + min(K, L)) if vectors else nbytes
 
 
 def adapter_bytes(m: int, n: int, r: int, b: int, itemsize: int) -> int:

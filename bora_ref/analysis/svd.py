@@ -22,8 +22,19 @@ zero blocks and rank-deficient blocks, where a Gram/Cholesky factorisation would
 condition number or break down. A block with at most ``r`` rows is its own ``R_i`` (``U_i = I``),
 so each block contributes ``min(m_i, r)`` rows to ``C`` and nothing of size ``r x r`` is formed
 when ``r`` exceeds the blocks; the equal blocks of each run (at most two per side) share one
-batched QR call. Cost: ``O((m + n) r^2 + K L r + K L min(K, L))`` with ``K, L <= min(b r, m, n)``
-the sides of ``C``, against ``O(m n min(m, n))`` for the dense SVD.
+batched QR call, and the core is formed by a few array operations (no loop over blocks).
+
+Cost: ``O((m + n) r^2 + K L r + K L min(K, L))`` with ``K, L <= min(b r, m, n)`` the sides of
+``C``, against ``O(m n min(m, n))`` for the dense SVD. In practice the time is a few LAPACK calls:
+the batched ``geqrf`` of the ``2 b`` blocks and the SVD of ``C`` (``gesdd``: bidiagonalisation,
+then the dqds iteration); validation and the assembly of ``C`` are a small remainder (the
+breakdown at ``2048 x 2048``, ``r = b = 8`` is on the benchmarks page). The core cannot be
+shrunk further: ``min(K, L)`` is already the rank bound (``min(m, n, b r)`` when the blocks
+have at least ``r`` rows and columns), and ``C`` is a dense matrix without structure that an SVD
+could use (every ``R_i`` and ``T_j`` mixes the rank channels that ``S`` keeps
+apart), so its SVD costs that of any dense ``K x L`` matrix. A Gram matrix ``C^T C`` with a
+symmetric eigensolver would be cheaper but squares the condition number, so small singular
+values would lose all accuracy.
 
 What is guaranteed: the algebra is exact, the arithmetic is not. Computed in floating point,
 the singular values are those of $\\Delta W + E$ with $\\|E\\|_2$ a modest multiple of
@@ -45,10 +56,13 @@ from threadpoolctl import ThreadpoolController
 
 from .._arrays import as_float64
 from .._validation import check_factors
+from . import budget
 from .budget import check_budget, structured_svd_bytes
-from ..partition import block_runs, block_sizes
+from ..partition import BlockRun, block_runs
 
 __all__ = ["StructuredSVD", "structured_svd", "singular_values"]
+
+_F64 = np.dtype(np.float64)
 
 
 class StructuredSVD(NamedTuple):
@@ -83,50 +97,108 @@ def factors_float64(B: Any, A: Any, sigma: Any) -> tuple[np.ndarray, np.ndarray,
     A64, dA = as_float64("A", A)
     s64, ds = as_float64("sigma", sigma)
     m, n, r, b = check_factors(B64, A64, s64, "numpy")
-    check_budget("the structured SVD", structured_svd_bytes(m, n, r, b), f"m={m}, n={n}, r={r}, b={b}")  # before the work
+    _check_budget(m, n, r, b, vectors=False)
     return B64, A64, s64, (dB, dA, ds)
 
 
+def _check_budget(m: int, n: int, r: int, b: int, *, vectors: bool) -> None:
+    nbytes = structured_svd_bytes(m, n, r, b, vectors=vectors)
+    if nbytes > budget.MEMORY_BUDGET_BYTES:  # before the work; the message is only built when needed
+        check_budget("the structured SVD", nbytes, f"m={m}, n={n}, r={r}, b={b}")
+
+
+def _validated(B: Any, A: Any, sigma: Any, *, vectors: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The factors as validated float64 NumPy arrays, refused exactly as by `factors_float64`.
+
+    Float64 NumPy arrays of consistent shapes and finite values are used as they are (the SVD
+    only reads them, so no copy is made); anything else,
+    including every input that is refused, goes through `factors_float64`, which converts it or
+    raises the error naming the argument, its value and the rule.
+    """
+    if (
+        type(B) is np.ndarray and type(A) is np.ndarray and type(sigma) is np.ndarray
+        and B.dtype == _F64 and A.dtype == _F64 and sigma.dtype == _F64
+        and B.ndim == 2 and A.ndim == 2 and sigma.ndim == 3
+    ):  # fmt: skip
+        (m, r), n, b = B.shape, A.shape[1], sigma.shape[0]
+        if (
+            m > 0 and n > 0 and r > 0 and A.shape[0] == r and sigma.shape == (b, b, r) and 1 <= b <= min(m, n)
+            and np.isfinite(B).all() and np.isfinite(A).all() and np.isfinite(sigma).all()
+        ):  # fmt: skip
+            _check_budget(m, n, r, b, vectors=vectors)
+            return B, A, sigma
+    B64, A64, s64, _ = factors_float64(B, A, sigma)
+    if vectors:
+        _check_budget(B64.shape[0], A64.shape[1], A64.shape[0], s64.shape[0], vectors=True)
+    return B64, A64, s64
+
+
 @functools.cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()  # built once: inspecting the loaded libraries costs ~0.2 ms
+def _blas_libraries() -> tuple[Any, ...]:
+    # Found once (inspecting the loaded libraries costs ~0.2 ms); NumPy's BLAS is loaded with NumPy.
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
-def _one_blas_thread() -> Any:
-    """Context manager: one BLAS thread (about 8 µs). The factorisations here are small (blocks
-    of ``r`` columns, a core of at most ``(b r, b r)``): BLAS threads cannot speed them up, and
-    on a busy machine their spin-waiting made the 11008 x 4096 case over 100x slower."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+class _OneBlasThread:
+    """Context manager: one BLAS thread, the caller's limits restored on exit (two calls per BLAS library).
+
+    The factorisations here are small (blocks of ``r`` columns, a core of at most ``(b r, b r)``):
+    BLAS threads cannot speed them up, and on a busy machine their spin-waiting made the
+    11008 x 4096 case over 100x slower."""
+
+    def __enter__(self) -> None:
+        self.saved = [(lib, lib.num_threads) for lib in _blas_libraries()]
+        for lib, threads in self.saved:
+            if threads != 1:
+                lib.set_num_threads(1)
+
+    def __exit__(self, *exc: Any) -> None:
+        for lib, threads in self.saved:
+            if threads != 1:
+                lib.set_num_threads(threads)
 
 
-_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition)
+_runs = functools.lru_cache(maxsize=64)(block_runs)  # a tuple per (dim, b), computed once
+
+
+@functools.lru_cache(maxsize=4)
+def _lower_mask(r: int) -> np.ndarray:
+    return np.tril(np.ones((r, r)))
 
 
 def _reduce(stack: np.ndarray, keep_q: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """``stack (c, s, r)`` -> ``(Q (c, s, k) or None, R (c, k, r))``, ``stack = Q R``, ``k = min(s, r)``.
+    """``stack (c, s, r)`` -> ``(Q (c, s, k) or None, R^T (c, r, k))``, ``stack = Q R``, ``k = min(s, r)``.
 
-    One batched Householder QR call for all ``c`` blocks when ``s > r`` (joining the stacks of
-    ``B`` and ``A`` into one call measured no faster). A block with ``s <= r`` rows is already
-    small, so it is its own ``R`` (``Q = None`` stands for the identity).
+    One batched Householder QR call (LAPACK ``geqrf``) for the ``c`` blocks when ``s > r``. A block
+    with ``s <= r`` rows is already small, so it is its own ``R`` (``Q = None`` stands for the
+    identity). ``R`` is returned transposed (a view where that is free): the raw factor of
+    ``numpy.linalg.qr(mode="raw")`` is stored transposed, so ``R^T`` is the lower triangle of its
+    top ``(r, r)`` block (the Householder vectors lie in the rest), cut with one multiplication.
     """
-    if stack.shape[1] <= stack.shape[2]:
-        return None, stack
+    s, r = stack.shape[1:]
+    if s <= r:
+        return None, stack.transpose(0, 2, 1)
     if keep_q:
-        return np.linalg.qr(stack)  # (c, s, r), (c, r, r)
-    return None, np.linalg.qr(stack, mode="r")
+        Q, R = np.linalg.qr(stack)  # (c, s, r), (c, r, r)
+        return Q, R.transpose(0, 2, 1)
+    h = np.linalg.qr(stack, mode="raw")[0]  # (c, r, s): the factored stack, transposed
+    return None, (h[:, :, :r] * _lower_mask(r) if r <= 256 else np.tril(h[:, :, :r]))
 
 
 def _core(
     B: np.ndarray, A: np.ndarray, sigma: np.ndarray, *, keep_q: bool
-) -> tuple[np.ndarray, list[tuple[_Run, np.ndarray | None]], list[tuple[_Run, np.ndarray | None]]]:
+) -> tuple[np.ndarray, list[tuple[BlockRun, np.ndarray | None]], list[tuple[BlockRun, np.ndarray | None]]]:
     """The core $C$ of the module docstring and, if ``keep_q``, the blocks' orthonormal factors.
 
     The blocks are handled as at most two runs of equal sizes (one batched QR per run), and each
-    block is reduced to ``k_i = min(m_i, r)`` rows before the core is formed, so the cost is
-    ``O((m + n) r^2 + K L r)`` with no ``(b r, b r)`` intermediate when ``r`` exceeds the blocks.
+    block is reduced to ``k_i = min(m_i, r)`` rows before the core is formed. The core then takes
+    three array operations: $W_{[i, j]} = \\mathrm{diag}(\\sigma_{ij}) T_j^T$ for all ``i, j`` at
+    once (``W`` of shape ``(b, r, L)``: ``sigma`` repeated along the columns of the ``T_j^T``, times
+    them) and the batched product $C_{[i, :]} = R_i W_{[i, :]}$ per run of row blocks. Cost
+    ``O((m + n) r^2 + K L r)``, with no ``(b r, b r)`` intermediate when ``r`` exceeds the blocks.
 
     Args:
-        B: ``(m, r)``, A: ``(r, n)``, sigma: ``(b, b, r)``; float64, already validated.
+        B: ``(m, r)``, A: ``(r, n)``, sigma: ``(b, b, r)``; float64, already validated (only read).
 
     Returns:
         ``C`` of shape ``(K, L)`` with ``K = sum_i k_i``, ``k_i = min(m_i, r)`` (and ``L`` alike),
@@ -136,35 +208,46 @@ def _core(
     m, r = B.shape
     n = A.shape[1]
     b = sigma.shape[0]
-    # R_i (c, k_i, r) of B's row blocks and T_j (c, l_j, r) of the transposed column blocks of A.
-    row_runs, col_runs = _runs(m, b), _runs(n, b)
-    stacks = [B[run.offset : run.offset + run.count * run.size].reshape(run.count, run.size, r) for run in row_runs]
-    stacks += [
-        A[:, run.offset : run.offset + run.count * run.size].reshape(r, run.count, run.size).transpose(1, 2, 0)
-        for run in col_runs
+    rows = [  # R_i^T (c, r, k_i) of B's row blocks
+        (run, *_reduce(B[run.offset : run.offset + run.count * run.size].reshape(run.count, run.size, r), keep_q))
+        for run in _runs(m, b)
     ]
-    reduced = [_reduce(stack, keep_q) for stack in stacks]
-    rows = [(run, *qr) for run, qr in zip(row_runs, reduced)]
-    cols = [(run, *qr) for run, qr in zip(col_runs, reduced[len(row_runs) :])]
-
-    # C[i, :, j, :] = R_i diag(sigma_ij) T_j^T, one broadcast matmul per pair of runs.
-    K = sum(run.count * R.shape[1] for run, _, R in rows)
-    L = sum(run.count * T.shape[1] for run, _, T in cols)
+    cols = [  # T_j^T (c, r, l_j) of the transposed column blocks A_j^T
+        (run, *_reduce(A[:, run.offset : run.offset + run.count * run.size].reshape(r, run.count, run.size).transpose(1, 2, 0), keep_q))
+        for run in _runs(n, b)
+    ]
+    # T^T (r, L): the T_j^T side by side; W[i, p, (j, l)] = sigma[i, j, p] T_j[l, p].
+    Tt = [Gt.transpose(1, 0, 2).reshape(r, -1) for _, _, Gt in cols]
+    Tt = Tt[0] if len(Tt) == 1 else np.concatenate(Tt, axis=1)
+    widths = cols[0][2].shape[2] if len(cols) == 1 else [Gt.shape[2] for run, _, Gt in cols for _ in range(run.count)]
+    W = np.repeat(sigma.transpose(0, 2, 1), widths, axis=2)  # (b, r, L)
+    W *= Tt
+    K = sum(run.count * Rt.shape[2] for run, _, Rt in rows)
+    L = W.shape[2]
     core = np.empty((K, L))
     row0 = 0
-    for ri, _, R in rows:
-        k = R.shape[1]
-        col0 = 0
-        for cj, _, T in cols:
-            l = T.shape[1]
-            s = sigma[ri.first : ri.first + ri.count, cj.first : cj.first + cj.count]  # (ci, cj, r)
-            blocks = (R[:, None] * s[:, :, None, :]) @ T.transpose(0, 2, 1)[None]  # (ci, cj, k, l)
-            core[row0 : row0 + ri.count * k, col0 : col0 + cj.count * l] = blocks.transpose(0, 2, 1, 3).reshape(
-                ri.count * k, cj.count * l
-            )
-            col0 += cj.count * l
-        row0 += ri.count * k
+    for run, _, Rt in rows:  # C[(i, k), :] = R_i W[i]: (c, k_i, r) @ (c, r, L), written in place
+        k = Rt.shape[2]
+        block = core[row0 : row0 + run.count * k].reshape(run.count, k, L)
+        np.matmul(Rt.transpose(0, 2, 1), W[run.first : run.first + run.count], out=block)
+        row0 += run.count * k
     return core, [(run, Q) for run, Q, _ in rows], [(run, V) for run, V, _ in cols]
+
+
+def _map_back(X: np.ndarray, blocks: list[tuple[BlockRun, np.ndarray | None]], dim: int) -> np.ndarray:
+    """``blockdiag(U_i) X``: ``X (K, k)`` (rows ``k_i`` per block) -> ``(dim, k)``, one batched product per run."""
+    k = X.shape[1]
+    out = np.empty((dim, k))
+    start = 0
+    for run, Q in blocks:
+        rows = X[start : start + run.count * (Q.shape[2] if Q is not None else run.size)]
+        start += len(rows)
+        dest = out[run.offset : run.offset + run.count * run.size]
+        if Q is None:  # blocks of at most r rows are their own R: U_i = I
+            dest[:] = rows
+        else:  # (c, m_i, k_i) @ (c, k_i, k) -> (c, m_i, k)
+            np.matmul(Q, rows.reshape(run.count, -1, k), out=dest.reshape(run.count, run.size, k))
+    return out
 
 
 def structured_svd(B: Any, A: Any, sigma: Any) -> StructuredSVD:
@@ -195,35 +278,13 @@ def structured_svd(B: Any, A: Any, sigma: Any) -> StructuredSVD:
         >>> U.shape, S.shape, Vh.shape
         ((64, 16), (16,), (16, 48))
     """
-    B64, A64, s64, _ = factors_float64(B, A, sigma)
-    m, n, b = B64.shape[0], A64.shape[1], s64.shape[0]
-    with _one_blas_thread():
+    B64, A64, s64 = _validated(B, A, sigma, vectors=True)
+    m, n = B64.shape[0], A64.shape[1]
+    with _OneBlasThread():
         core, U_blocks, V_blocks = _core(B64, A64, s64, keep_q=True)
         U_c, S, Vh_c = np.linalg.svd(core, full_matrices=False)  # (K, k), (k,), (k, L)
-
-    # Map the core's singular vectors back through the orthonormal block factors, one run at a time.
-    k = len(S)
-    U = np.empty((m, k))
-    start = 0
-    for run, Q in U_blocks:
-        rows = U_c[start : start + run.count * (Q.shape[2] if Q is not None else run.size)]
-        start += len(rows)
-        block_rows = U[run.offset : run.offset + run.count * run.size]
-        if Q is None:  # blocks of at most r rows are their own R: U_i = I
-            block_rows[:] = rows
-        else:  # (c, m_i, k_i) @ (c, k_i, k) -> (c, m_i, k)
-            block_rows[:] = (Q @ rows.reshape(run.count, Q.shape[2], k)).reshape(-1, k)
-    Vh = np.empty((k, n))
-    start = 0
-    for run, V in V_blocks:
-        l = V.shape[2] if V is not None else run.size
-        cols = Vh_c[:, start : start + run.count * l]
-        start += cols.shape[1]
-        if V is None:
-            Vh[:, run.offset : run.offset + run.count * run.size] = cols
-        else:  # (c, k, l_j) @ (c, l_j, n_j) -> (c, k, n_j)
-            mapped = cols.reshape(k, run.count, l).transpose(1, 0, 2) @ V.transpose(0, 2, 1)
-            Vh[:, run.offset : run.offset + run.count * run.size] = mapped.transpose(1, 0, 2).reshape(k, -1)
+        U = _map_back(U_c, U_blocks, m)  # (m, k)
+        Vh = _map_back(Vh_c.T, V_blocks, n).T  # (k, n)
     return StructuredSVD(U, S, Vh)
 
 
@@ -260,8 +321,8 @@ def singular_values(B: Any, A: Any, sigma: Any) -> np.ndarray:
         >>> S.shape, int((S > 1e-9 * S[0]).sum())  # rank b r = 16 <= min(m, n) = 48
         ((48,), 16)
     """
-    B64, A64, s64, _ = factors_float64(B, A, sigma)
-    with _one_blas_thread():
+    B64, A64, s64 = _validated(B, A, sigma, vectors=False)
+    with _OneBlasThread():
         core, _, _ = _core(B64, A64, s64, keep_q=False)
         S_core = np.linalg.svd(core, compute_uv=False)  # (min(K, L),), K <= m and L <= n
     out = np.zeros(min(B64.shape[0], A64.shape[1]))
