@@ -6,8 +6,10 @@ then blocks of size ``d // b``. Every module that needs block boundaries asks th
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from ._validation import BoRAValueError, check_int
 
@@ -22,6 +24,27 @@ as ``numpy.array_split`` does (``d = 10, b = 4`` gives ``3, 3, 2, 2``). Files th
 rule, or none where their format requires one, are refused on load: reading them with this rule
 would silently put the rows of ``B`` and columns of ``A`` into different blocks.
 """
+
+
+def check_split_rule(where: str, record: Mapping[str, Any], version: int) -> None:
+    """Refuse a saved file whose blocks were not cut by [`SPLIT_RULE`][bora_ref.partition.SPLIT_RULE].
+
+    ``record`` is the file's JSON object (adapter config, golden manifest); its ``"split_rule"``
+    must be ``"array_split"``. Version 1 files predate the field and were all cut by that rule, so
+    for ``version == 1`` a missing field means ``"array_split"``.
+
+    Raises:
+        ValueError: another rule, a non-string, or (version 2 and later) no rule; the message
+            names ``where``, the value, the format version and the rule.
+    """
+    rule = record.get("split_rule", SPLIT_RULE if version == 1 else "<missing>")
+    if type(rule) is not str or rule != SPLIT_RULE:
+        raise BoRAValueError(
+            f"{where} has split_rule={rule!r:.80} (format_version={version}); this bora_ref cuts blocks by the "
+            f"{SPLIT_RULE!r} rule only (the first m % b rows and n % b columns go one each to the first blocks), "
+            "and reading the file with another rule would put its rows and columns into the wrong blocks"
+        )
+
 
 MAX_LISTED_BLOCKS = 2**24
 """The most blocks [`block_sizes`][bora_ref.block_sizes] lists (a tuple of ``b`` ints costs about ``36 b`` bytes)."""
@@ -77,6 +100,7 @@ class BlockRun(NamedTuple):
     offset: int
 
 
+@functools.lru_cache(maxsize=1024)  # the fast paths ask on every call; the answer is a small immutable tuple
 def block_runs(dim: int, b: int) -> tuple[BlockRun, ...]:
     """The array_split blocks of ``dim`` as at most two runs of equal blocks (one when ``b`` divides ``dim``).
 

@@ -21,7 +21,6 @@ data-dependent check would force a device sync on every forward.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -221,8 +220,7 @@ def _refuse_higher_order() -> None:
         )
 
 
-# The blocks as at most two runs of equal sizes (bora_ref.partition), cached: computed on every call.
-_runs = functools.lru_cache(maxsize=1024)(block_runs)
+_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition; cached there)
 
 
 def _blocks(t: torch.Tensor, run: BlockRun, axis: int, *, transpose: bool = False) -> torch.Tensor:
@@ -288,6 +286,19 @@ def _output(out: torch.Tensor | None, x: torch.Tensor, m: int) -> tuple[torch.Te
     return y, y.view(-1, m)
 
 
+def _record_forward(
+    ctx: Any, out: torch.Tensor | None, x: torch.Tensor, x2: torch.Tensor, scale: float, *saved: torch.Tensor
+) -> None:
+    """The bookkeeping both strategies' ``forward`` share: mark ``out`` dirty (the result was added
+    into it), keep what ``backward`` reads (``x_shape``, ``scale``, ``has_out``) and save ``x``
+    followed by ``saved``; ``x`` itself when ``x2`` is a view of it (a view made in ``forward``
+    cannot be saved), else the flattened copy ``x2``."""
+    if out is not None:
+        ctx.mark_dirty(out)
+    ctx.x_shape, ctx.scale, ctx.has_out = x.shape, scale, out is not None
+    ctx.save_for_backward(x if x.is_contiguous() else x2, *saved)
+
+
 class _BoRAMatmul(torch.autograd.Function):
     """``y = s · x ΔW^T`` for ``x (..., n)`` as strided batched matmuls; saves only ``(r, b, N)`` tensors.
 
@@ -345,11 +356,7 @@ class _BoRAMatmul(torch.autograd.Function):
         scale: float,
     ) -> torch.Tensor:
         y, x2, sigma_k, zt, ut = _BoRAMatmul.compute(out, x, B, A, sigma, scale)
-        if out is not None:
-            ctx.mark_dirty(out)
-        ctx.x_shape, ctx.scale, ctx.has_out = x.shape, scale, out is not None
-        # x itself when x2 is a view of it (a view made here cannot be saved), else the copy x2.
-        ctx.save_for_backward(x if x.is_contiguous() else x2, B, A, sigma_k, zt, ut)
+        _record_forward(ctx, out, x, x2, scale, B, A, sigma_k, zt, ut)
         return y
 
     @staticmethod
@@ -458,10 +465,7 @@ class _DenseBoRAMatmul(torch.autograd.Function):
         scale: float,
     ) -> torch.Tensor:
         y, x2, sigma_s, Qt, W, z = _DenseBoRAMatmul.compute(out, x, B, A, sigma, scale)
-        if out is not None:
-            ctx.mark_dirty(out)
-        ctx.x_shape, ctx.scale, ctx.has_out = x.shape, scale, out is not None
-        ctx.save_for_backward(x if x.is_contiguous() else x2, B, sigma_s, Qt, W, z)
+        _record_forward(ctx, out, x, x2, scale, B, sigma_s, Qt, W, z)
         return y
 
     @staticmethod

@@ -158,7 +158,7 @@ class _OneBlasThread:
                 lib.set_num_threads(threads)
 
 
-_runs = functools.lru_cache(maxsize=64)(block_runs)  # a tuple per (dim, b), computed once
+_runs = block_runs  # the blocks as at most two runs of equal sizes (bora_ref.partition; cached there)
 
 
 @functools.lru_cache(maxsize=4)

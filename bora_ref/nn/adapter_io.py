@@ -53,7 +53,7 @@ from torch import nn
 
 from .._io import atomic_write, fsync_directory
 from .._validation import BoRAValueError
-from ..partition import SPLIT_RULE
+from ..partition import SPLIT_RULE, check_split_rule
 from .config import ADAPTER_DTYPES as _DTYPES
 from .config import BoRAConfig
 from .inject import _all_or_nothing, adapter_state_dict, apply_bora, load_adapter_state_dict
@@ -314,7 +314,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     if type(version) is not int or version not in _READABLE_VERSIONS:
         raise BoRAValueError(f"{path} has format_version={version!r:.80}; this bora_ref reads format versions "
                              f"{', '.join(map(str, _READABLE_VERSIONS))} (a newer bora_ref wrote it, or it is not ours)")
-    _check_split_rule(path, config, version)
+    check_split_rule(str(path), config, version)
     layers, sha = config.get("layers"), config.get("safetensors_sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise BoRAValueError(f"{path}: safetensors_sha256 must be a 64-digit hex string, got {sha!r:.80}")
@@ -341,17 +341,6 @@ def _read_config(path: Path) -> dict[str, Any]:
                 f"({'their common value is ' + repr(common) if common is not None else 'they differ, so it must be null'})"
             )
     return config
-
-
-def _check_split_rule(path: Path, config: dict[str, Any], version: int) -> None:
-    """The file's blocks must be cut by [`SPLIT_RULE`][bora_ref.partition.SPLIT_RULE] (implied for version 1 files)."""
-    rule = config.get("split_rule", SPLIT_RULE if version == 1 else "<missing>")
-    if rule != SPLIT_RULE or type(rule) is not str:
-        raise BoRAValueError(
-            f"{path} has split_rule={rule!r:.80} (format_version={version}); this bora_ref cuts blocks by the "
-            f"{SPLIT_RULE!r} rule only (the first m % b rows and n % b columns go one each to the first blocks), "
-            "and reading the file with another rule would put its rows and columns into the wrong blocks"
-        )
 
 
 def _same(a: Any, b: Any) -> bool:

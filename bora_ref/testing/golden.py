@@ -44,7 +44,7 @@ import torch
 from .. import numpy_ref
 from .._io import atomic_write
 from .._validation import BoRAValueError
-from ..partition import SPLIT_RULE, block_sizes
+from ..partition import SPLIT_RULE, block_sizes, check_split_rule
 from ._truth import QUANTITIES, truth
 from .cases import OracleCase, case_values, get_case
 from .results import Comparison, OracleFailure, OracleReport, dtype_name
@@ -217,11 +217,7 @@ def read_manifest(directory: str | os.PathLike[str] | None = None) -> dict:
         raise BoRAValueError(f"manifest {str(path)!r} has format_version={version!r:.80}; this bora_ref reads format "
                              f"versions {', '.join(map(str, _READABLE_VERSIONS))} (version 1 manifests say "
                              f"\"format\": \"{_VERSION_1_FORMAT}\" instead)")
-    rule = manifest.get("split_rule", SPLIT_RULE if version == 1 else "<missing>")
-    if type(rule) is not str or rule != SPLIT_RULE:
-        raise BoRAValueError(f"manifest {str(path)!r} has split_rule={rule!r:.80} (format_version={version}); this "
-                             f"bora_ref cuts blocks by the {SPLIT_RULE!r} rule only (the first m % b rows and n % b "
-                             "columns go one each to the first blocks), and would read the arrays with the wrong blocks")
+    check_split_rule(f"manifest {str(path)!r}", manifest, version)
     return manifest
 
 
