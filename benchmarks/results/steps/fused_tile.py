@@ -10,17 +10,19 @@ and stops otherwise. Not part of the library: the question it answers is whether
 ``fused_tile.c`` runs the whole forward in one OpenMP region over tiles of tokens, each tile's
 project, mix and lift in the thread's cache. For ``T = 2048`` float32 tokens, 896² and 4096²,
 ``r`` in {16, 64}, ``b`` in {4, 8, 16}, one round times LoRA ``(x @ A.T) @ B.T``,
-``torch_ref.bora_matmul`` and the fused kernel at tiles of 64, 128 and 256 tokens back to back
-(``torch.no_grad()``, wall clock, glibc malloc kept steady as in the benchmark harness); 3 warm-up
-rounds, then 25. A ratio is the median (and interquartile range) over rounds of (candidate / LoRA
-in the same round). Every cell first checks the fused output against the NumPy reference (float64)
-within 1e-5 of its largest entry.
+``torch_ref.bora_matmul`` and the fused kernel at tiles of 64, 128 and 256 tokens, with the
+benchmark harness's interleaving (``benchmarks._timing.interleave``: one warm-up call each, then 25
+rounds whose order rotates) and its ratios (median over median, interquartile range of the
+per-round ratios), ``torch.no_grad()``, wall clock, glibc malloc kept steady as in the harness.
+Every cell first checks the fused output against the NumPy reference (float64) within 1e-5 of its
+largest entry.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import shutil
 import statistics
 import subprocess
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._timing import Clock, machine_info, steady_malloc  # noqa: E402
+from benchmarks._timing import Clock, interleave, machine_info, steady_malloc, summarize  # noqa: E402
 from bora_ref import numpy_ref, torch_ref  # noqa: E402
 
 T = 2048
@@ -43,7 +45,7 @@ SHAPES = (896, 4096)
 RANKS = (16, 64)
 BLOCKS = (4, 8, 16)
 TILES = (64, 128, 256)
-ROUNDS, WARMUP = 25, 3
+ROUNDS = 25
 SOURCE = Path(__file__).with_name("fused_tile.c")
 
 
@@ -84,22 +86,15 @@ def _cell(lib: ctypes.CDLL, m: int, r: int, b: int) -> dict[str, float | str]:
     err = np.abs(_fused(lib, x, B, A, sigma, TILES[0]).double().numpy() - ref).max() / np.abs(ref).max()
     if not err <= 1e-5:
         raise SystemExit(f"fused kernel disagrees with the NumPy reference at {m}² r={r} b={b}: {err:.2e}")
-    forms = {"LoRA": lambda: (x @ A.T) @ B.T, "bmm": lambda: torch_ref.bora_matmul(x, B, A, sigma)}
+    forms = {"lora": lambda: (x @ A.T) @ B.T, "bmm": lambda: torch_ref.bora_matmul(x, B, A, sigma)}
     forms.update({f"fused {t}": (lambda t=t: _fused(lib, x, B, A, sigma, t)) for t in TILES})
-    times: dict[str, list[float]] = {k: [] for k in forms}
     with torch.no_grad():
-        for round_ in range(WARMUP + ROUNDS):
-            for name, fn in forms.items():
-                start = time.perf_counter()
-                fn()
-                if round_ >= WARMUP:
-                    times[name].append(time.perf_counter() - start)
-    lora = times["LoRA"]
-    row = {"LoRA ms": statistics.median(lora) * 1e3, "error": float(err)}
-    for name, v in times.items():
-        if name != "LoRA":
-            q1, med, q3 = statistics.quantiles([t / lo for t, lo in zip(v, lora)], n=4)
-            row[name] = f"{med:.3f} ({q1:.2f}-{q3:.2f})"
+        times = interleave(forms, repeats=ROUNDS, clock=Clock("wall", torch.device("cpu")))
+    row: dict[str, float | str] = {"LoRA ms": statistics.median(times["lora"]) * 1e3, "error": float(err)}
+    for name in forms:
+        if name != "lora":
+            s = summarize(times, name, "lora")
+            row[name] = f"{s.ratio:.3f} ({s.ratio_q25:.2f}-{s.ratio_q75:.2f})"
     return row
 
 
@@ -119,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         cols = ["bmm", *(f"fused {t}" for t in TILES)]
         lines = [f"# Fused token-tile kernel vs the bmm fast path ({args.threads} threads, forward, wall clock)", "",
                  *[f"- {k}: `{v}`" for k, v in header.items()], "",
-                 "Ratios: median (interquartile range) over 25 rounds of (candidate / LoRA in the same round); `fused N`: tiles of N tokens.", "",
+                 f"Ratios: median candidate time / median LoRA time over {ROUNDS} rounds (interquartile range of the per-round ratios); `fused N`: tiles of N tokens.", "",
                  "| m x n | r | b | LoRA ms | " + " | ".join(f"{c} / LoRA" for c in cols) + " | fused vs reference |",
                  "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |"]
         for m in SHAPES:
@@ -130,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                                  + " | ".join(str(row[c]) for c in cols) + f" | {row['error']:.1e} |")
                     print(lines[-1], flush=True)
     lines += ["", f"Finished {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load average "
-              + " ".join(f"{x:.1f}" for x in __import__('os').getloadavg()) + "."]
+              + " ".join(f"{x:.1f}" for x in os.getloadavg()) + "."]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
